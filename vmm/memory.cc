@@ -1,0 +1,76 @@
+#include "vmm/memory.h"
+
+#include <cstdio>
+
+#include "base/size.h"
+
+namespace vmctl::vmm {
+
+namespace {
+std::string range_text(uint64_t gpa, uint64_t len) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "[0x%llx, 0x%llx)", static_cast<unsigned long long>(gpa),
+                static_cast<unsigned long long>(gpa + len));
+  return buf;
+}
+}  // namespace
+
+Result<GuestMemory> GuestMemory::create(uint64_t ram_size) {
+  if (ram_size % kPageSize != 0) {
+    return Error::user("memory size " + std::to_string(ram_size) + " is not a multiple of 4 KiB");
+  }
+  if (ram_size < kMinimumMemory) {
+    return Error::user("memory size " + format_size(ram_size) + " is too small: give at least " +
+                       format_size(kMinimumMemory) + " (e.g. --memory 64M)");
+  }
+  GuestMemory memory;
+  memory.ram_size_ = ram_size;
+  uint64_t low = ram_size < kMmioHoleStart ? ram_size : kMmioHoleStart;
+  MemoryRegion low_region;
+  low_region.guest_phys = 0;
+  low_region.size = low;
+  low_region.slot = 0;
+  low_region.host = TRY_CTX(Mapping::anonymous(low, "guest RAM below 4 GiB"),
+                            "allocating " + format_size(ram_size) + " of guest memory");
+  memory.regions_.push_back(std::move(low_region));
+  if (ram_size > low) {
+    MemoryRegion high;
+    high.guest_phys = kHighMemoryStart;
+    high.size = ram_size - low;
+    high.slot = 1;
+    high.host = TRY_CTX(Mapping::anonymous(high.size, "guest RAM above 4 GiB"),
+                        "allocating " + format_size(ram_size) + " of guest memory");
+    memory.regions_.push_back(std::move(high));
+  }
+  return memory;
+}
+
+uint8_t* GuestMemory::host_address(uint64_t gpa, uint64_t len) const {
+  for (const MemoryRegion& r : regions_) {
+    if (r.contains(gpa, len)) return r.host.data() + (gpa - r.guest_phys);
+  }
+  return nullptr;
+}
+
+Status GuestMemory::write(uint64_t gpa, const void* src, size_t len) {
+  uint8_t* dst = host_address(gpa, len);
+  if (dst == nullptr) return Error::failure("guest write " + range_text(gpa, len) + " is outside guest RAM");
+  std::memcpy(dst, src, len);
+  return ok_status();
+}
+
+Status GuestMemory::read(uint64_t gpa, void* dst, size_t len) const {
+  const uint8_t* src = host_address(gpa, len);
+  if (src == nullptr) return Error::failure("guest read " + range_text(gpa, len) + " is outside guest RAM");
+  std::memcpy(dst, src, len);
+  return ok_status();
+}
+
+Status GuestMemory::fill(uint64_t gpa, uint8_t byte, size_t len) {
+  uint8_t* dst = host_address(gpa, len);
+  if (dst == nullptr) return Error::failure("guest fill " + range_text(gpa, len) + " is outside guest RAM");
+  std::memset(dst, byte, len);
+  return ok_status();
+}
+
+}  // namespace vmctl::vmm

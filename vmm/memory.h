@@ -1,0 +1,76 @@
+// Guest physical memory: anonymous host mappings laid out the way x86 needs them.
+//
+// Layout: RAM starts at guest physical 0. When the guest has more RAM than fits below the 32-bit
+// MMIO hole (LAPIC at 0xFEE00000, IOAPIC at 0xFEC00000, PCI/MMIO from 3 GiB), the rest is placed
+// from 4 GiB up. Regions are registered with KVM by the VM (vmm/vm.cc); this file knows no ioctls.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/fd.h"
+
+namespace vmctl::vmm {
+
+inline constexpr uint64_t kPageSize = 4096;
+inline constexpr uint64_t kMmioHoleStart = 3ull << 30;  // 3 GiB
+inline constexpr uint64_t kHighMemoryStart = 4ull << 30;  // 4 GiB
+inline constexpr uint64_t kMinimumMemory = 16ull << 20;  // a guest below this cannot boot usefully
+
+struct MemoryRegion {
+  uint64_t guest_phys = 0;
+  uint64_t size = 0;
+  Mapping host;  // owns the host pages backing this region
+  uint32_t slot = 0;  // KVM memory slot id
+  bool dirty_logging = false;  // KVM_MEM_LOG_DIRTY_PAGES currently set on the slot
+
+  uint64_t end() const { return guest_phys + size; }
+  bool contains(uint64_t gpa, uint64_t len) const {
+    return gpa >= guest_phys && len <= size && gpa - guest_phys <= size - len;
+  }
+};
+
+class GuestMemory {
+ public:
+  // Allocates `ram_size` bytes (a multiple of 4 KiB, at least kMinimumMemory) split around the hole.
+  static Result<GuestMemory> create(uint64_t ram_size);
+
+  GuestMemory(GuestMemory&&) = default;
+  GuestMemory& operator=(GuestMemory&&) = default;
+
+  uint64_t ram_size() const { return ram_size_; }
+  // The end of RAM below 4 GiB (exclusive); loaders put initrds and tables below it.
+  uint64_t low_ram_end() const { return regions_.front().end(); }
+  std::vector<MemoryRegion>& regions() { return regions_; }
+  const std::vector<MemoryRegion>& regions() const { return regions_; }
+
+  // Host pointer for [gpa, gpa+len), or nullptr if the range is not wholly inside one region.
+  uint8_t* host_address(uint64_t gpa, uint64_t len) const;
+
+  // Bounds-checked copies; the error names the guest address range.
+  Status write(uint64_t gpa, const void* src, size_t len);
+  Status read(uint64_t gpa, void* dst, size_t len) const;
+  Status fill(uint64_t gpa, uint8_t byte, size_t len);
+
+  template <typename T>
+  Status write_obj(uint64_t gpa, const T& obj) {
+    return write(gpa, &obj, sizeof(T));
+  }
+  template <typename T>
+  Result<T> read_obj(uint64_t gpa) const {
+    T obj;
+    Status s = read(gpa, &obj, sizeof(T));
+    if (!s.ok()) return std::move(s).error();
+    return obj;
+  }
+
+ private:
+  GuestMemory() = default;
+  std::vector<MemoryRegion> regions_;
+  uint64_t ram_size_ = 0;
+};
+
+}  // namespace vmctl::vmm
