@@ -1,0 +1,101 @@
+// Thin, typed wrappers over the KVM ioctl API: one method per ioctl, named after it, no policy.
+//
+// KvmSystem (/dev/kvm) → VmFd → VcpuFd, each exposing only the ioctls legal on that fd. Every failure
+// is an Error naming the ioctl, the vCPU where there is one, and the errno text. This folder is the
+// only place in the project that includes <linux/kvm.h> or calls ioctl().
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/error.h"
+#include "base/fd.h"
+#include "vmm/cpuid.h"
+
+namespace vmctl::vmm::kvm {
+
+struct MsrEntry {
+  uint32_t index;
+  uint64_t value;
+};
+
+class VcpuFd;
+class VmFd;
+
+class KvmSystem {
+ public:
+  // Opens the KVM device and checks the API version and every capability the VMM relies on; the
+  // error says what is missing and what to do (load kvm_intel/kvm_amd, add the user to group kvm).
+  static Result<KvmSystem> open(const std::string& path = "/dev/kvm");
+
+  int check_extension(long capability) const;
+  Result<std::vector<CpuidEntry>> get_supported_cpuid() const;
+  Result<std::vector<uint32_t>> get_msr_index_list() const;
+  Result<VmFd> create_vm() const;
+  int vcpu_mmap_size() const { return vcpu_mmap_size_; }
+  int fd() const { return fd_.get(); }
+
+ private:
+  explicit KvmSystem(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
+  int vcpu_mmap_size_ = 0;
+};
+
+class VmFd {
+ public:
+  VmFd(Fd fd, int vcpu_mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(vcpu_mmap_size) {}
+
+  int check_extension(long capability) const;
+  Status enable_cap(uint32_t capability, uint64_t arg0 = 0);
+  Status set_tss_addr(uint64_t address);
+  Status set_identity_map_addr(uint64_t address);
+  Status create_irqchip();
+  Status create_pit2();
+  Status set_user_memory_region(uint32_t slot, uint32_t flags, uint64_t guest_phys, uint64_t size,
+                                void* host);
+  Status irq_line(uint32_t gsi, bool level);
+  Result<VcpuFd> create_vcpu(int index);
+  Result<Fd> get_stats_fd() const;
+  int fd() const { return fd_.get(); }
+
+ private:
+  Fd fd_;
+  int vcpu_mmap_size_;
+};
+
+class VcpuFd {
+ public:
+  VcpuFd(Fd fd, Mapping run, int index) : fd_(std::move(fd)), run_(std::move(run)), index_(index) {}
+
+  int index() const { return index_; }
+  kvm_run* run_struct() const { return reinterpret_cast<kvm_run*>(run_.data()); }
+
+  // KVM_RUN. EINTR (a kick, or immediate_exit) is returned as an Error whose sys_errno() is EINTR;
+  // callers treat that as "back at a safe point", not as a failure.
+  Status run();
+
+  Result<kvm_regs> get_regs() const;
+  Status set_regs(const kvm_regs& regs);
+  Result<kvm_sregs> get_sregs() const;
+  Status set_sregs(const kvm_sregs& sregs);
+  Result<kvm_lapic_state> get_lapic() const;
+  Status set_lapic(const kvm_lapic_state& lapic);
+  Status set_cpuid2(const std::vector<CpuidEntry>& entries);
+  // Fails unless every MSR was set, naming the first one KVM refused.
+  Status set_msrs(const std::vector<MsrEntry>& msrs);
+  Result<std::vector<MsrEntry>> get_msrs(const std::vector<uint32_t>& indices) const;
+  Result<kvm_mp_state> get_mp_state() const;
+  Result<kvm_translation> translate(uint64_t linear_address) const;
+  Result<Fd> get_stats_fd() const;
+
+ private:
+  std::string what(const char* ioctl_name) const;
+  Fd fd_;
+  Mapping run_;
+  int index_;
+};
+
+}  // namespace vmctl::vmm::kvm

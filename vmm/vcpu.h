@@ -1,0 +1,104 @@
+// A vCPU: its KVM fd, its thread, and the run loop that dispatches exits to the VM.
+//
+// Pause protocol (used by snapshots and migration, which need every vCPU outside KVM_RUN with no
+// half-finished instruction): the controller sets the vCPU's control to kPause, stores 1 in
+// kvm_run.immediate_exit and sends the kick signal. Whether the thread is inside KVM_RUN (halted or
+// running guest code) or in userspace handling an exit, its next return from KVM_RUN is EINTR, and
+// KVM has by then completed any port I/O or MMIO the last exit left pending. Only at that point —
+// the safe point — does the thread park.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/error.h"
+#include "vmm/boot/boot.h"
+#include "vmm/cpuid.h"
+#include "vmm/kvm/kvm.h"
+#include "vmm/memory.h"
+
+namespace vmctl::vmm {
+
+// Why a VM stopped running.
+struct VmExit {
+  enum class Kind {
+    kDebugExit,  // the guest wrote its status to the debug-exit port
+    kPowerOff,  // KVM_SYSTEM_EVENT_SHUTDOWN (ACPI or PSCI power off)
+    kReset,  // the guest asked for a reset (i8042 0xFE, KVM_SYSTEM_EVENT_RESET)
+    kTripleFault,  // KVM_EXIT_SHUTDOWN: the guest triple-faulted
+    kStopped,  // the operator stopped it (Ctrl-C, SIGTERM, an RPC)
+    kError,  // the VMM could not go on: internal error, failed entry, failed ioctl
+  };
+  Kind kind = Kind::kStopped;
+  uint32_t status = 0;  // for kDebugExit
+  std::string message;  // for kError: one line naming the vCPU and what went wrong
+
+  // The process exit code `vmctl run` uses for this outcome.
+  int exit_code() const;
+  std::string describe() const;
+};
+
+// What the VM provides to its vCPU threads. Called concurrently from every vCPU thread.
+class ExitHandler {
+ public:
+  virtual ~ExitHandler() = default;
+  virtual void port_read(uint16_t port, uint8_t* data, size_t size) = 0;
+  virtual void port_write(uint16_t port, const uint8_t* data, size_t size) = 0;
+  virtual void mmio_read(uint64_t address, uint8_t* data, size_t size) = 0;
+  virtual void mmio_write(uint64_t address, const uint8_t* data, size_t size) = 0;
+  // The vCPU cannot go on (or the guest ended the VM): stop everything with this outcome.
+  virtual void end_vm(const VmExit& exit) = 0;
+};
+
+class Vcpu {
+ public:
+  Vcpu(kvm::VcpuFd fd, ExitHandler& handler, const GuestMemory& memory)
+      : fd_(std::move(fd)), handler_(handler), memory_(memory) {}
+  ~Vcpu();
+  Vcpu(const Vcpu&) = delete;
+  Vcpu& operator=(const Vcpu&) = delete;
+
+  int index() const { return fd_.index(); }
+  kvm::VcpuFd& fd() { return fd_; }
+
+  // CPUID, initial MSRs and the LAPIC's LINT0/LINT1 wiring (ExtINT, NMI), for a freshly created vCPU.
+  Status configure(const std::vector<CpuidEntry>& cpuid);
+  // Registers and segments for the boot vCPU, from the loader's description.
+  Status set_boot_state(const boot::BootEntry& entry);
+
+  void start();
+  // Asks the thread to park at its next safe point; returns at once. wait_paused() blocks until it has.
+  void request_pause();
+  void wait_paused();
+  void resume();
+  // Asks the thread to leave its run loop; join() waits for it.
+  void request_stop();
+  void join();
+
+  // Installs the process-wide kick signal handler; call once before starting any vCPU.
+  static void install_kick_handler();
+
+ private:
+  enum class Control { kRun, kPause, kStop };
+  void thread_main();
+  // Returns false when the VM must stop.
+  bool handle_exit();
+  void kick();
+  std::string describe_internal_error();
+  VmExit error_exit(const std::string& message);
+
+  kvm::VcpuFd fd_;
+  ExitHandler& handler_;
+  const GuestMemory& memory_;  // for reporting the bytes of an instruction KVM failed on
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Control control_ = Control::kRun;
+  bool parked_ = false;
+};
+
+}  // namespace vmctl::vmm
