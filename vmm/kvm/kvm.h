@@ -5,7 +5,7 @@
 // only place in the project that includes <linux/kvm.h> or calls ioctl().
 #pragma once
 
-#include <linux/kvm.h>
+#include "vmm/kvm/kvm_uapi.h"
 
 #include <cstdint>
 #include <string>

@@ -1,6 +1,6 @@
 #include "vmm/kvm/stats.h"
 
-#include <linux/kvm.h>
+#include "vmm/kvm/kvm_uapi.h"
 #include <unistd.h>
 
 #include <cerrno>
