@@ -1,8 +1,9 @@
 // One error type for the whole project, and Result<T> for functions that can fail.
 //
-// An Error carries a message that reads as a cause chain ("booting vCPU 1: KVM_SET_MSRS: ...") and a
-// kind that the edges (CLI exit code, RPC status) map onto: kUser is something the operator can fix
-// (bad flag, missing file, no /dev/kvm permission) and exits 2; kFailure is everything else and exits 1.
+// An Error carries a message that reads as a cause chain ("booting vCPU 1: KVM_SET_MSRS: ...") and
+// a kind that the edges (CLI exit code, RPC status) map onto: kUser is something the operator can
+// fix (bad flag, missing file, no /dev/kvm permission) and exits 2; kFailure is everything else and
+// exits 1.
 #pragma once
 
 #include <cstdlib>
@@ -19,7 +20,9 @@ class Error {
   Error(ErrorKind kind, std::string message) : kind_(kind), message_(std::move(message)) {}
 
   static Error user(std::string message) { return Error(ErrorKind::kUser, std::move(message)); }
-  static Error failure(std::string message) { return Error(ErrorKind::kFailure, std::move(message)); }
+  static Error failure(std::string message) {
+    return Error(ErrorKind::kFailure, std::move(message));
+  }
   // "what: strerror(err)", remembering errno so callers can branch on it (EINTR, EAGAIN, ...).
   static Error from_errno(const std::string& what, int err);
 
@@ -40,7 +43,7 @@ class Error {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design, like std::expected.
+  Result(T value) : v_(std::move(value)) {}      // NOLINT: implicit by design, like std::expected.
   Result(Error error) : v_(std::move(error)) {}  // NOLINT
 
   bool ok() const { return v_.index() == 0; }
@@ -77,7 +80,9 @@ class [[nodiscard]] Result<void> {
 
 using Status = Result<void>;
 
-inline Status ok_status() { return Status(); }
+inline Status ok_status() {
+  return Status();
+}
 
 }  // namespace vmctl
 
@@ -86,19 +91,19 @@ inline Status ok_status() { return Status(); }
 #define VMCTL_CONCAT_INNER(a, b) a##b
 #define VMCTL_CONCAT(a, b) VMCTL_CONCAT_INNER(a, b)
 
-#define TRY(expr)                                        \
-  ({                                                     \
-    auto&& _vmctl_r = (expr);                            \
+#define TRY(expr)                                           \
+  ({                                                        \
+    auto&& _vmctl_r = (expr);                               \
     if (!_vmctl_r.ok()) return std::move(_vmctl_r).error(); \
-    ::vmctl::detail::unwrap(std::move(_vmctl_r));        \
+    ::vmctl::detail::unwrap(std::move(_vmctl_r));           \
   })
 
 // TRY_CTX(expr, context): as TRY, prefixing the error with a context string on failure.
-#define TRY_CTX(expr, ctx)                                                   \
-  ({                                                                         \
-    auto&& _vmctl_r = (expr);                                                \
+#define TRY_CTX(expr, ctx)                                                    \
+  ({                                                                          \
+    auto&& _vmctl_r = (expr);                                                 \
     if (!_vmctl_r.ok()) return std::move(_vmctl_r).error().with_context(ctx); \
-    ::vmctl::detail::unwrap(std::move(_vmctl_r));                            \
+    ::vmctl::detail::unwrap(std::move(_vmctl_r));                             \
   })
 
 namespace vmctl::detail {

@@ -8,7 +8,8 @@ namespace vmctl {
 
 Result<uint64_t> parse_size(const std::string& text) {
   auto bad = [&] {
-    return Error::user("bad size '" + text + "': use a number with an optional K, M, G or T suffix (e.g. 512M)");
+    return Error::user("bad size '" + text +
+                       "': use a number with an optional K, M, G or T suffix (e.g. 512M)");
   };
   if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return bad();
   uint64_t value = 0;
@@ -26,11 +27,20 @@ Result<uint64_t> parse_size(const std::string& text) {
     shift = 0;
   } else if (suffix.size() == 1) {
     switch (std::toupper(static_cast<unsigned char>(suffix[0]))) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      default: return bad();
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        return bad();
     }
   } else {
     return bad();

@@ -6,7 +6,8 @@
 #include "cli/run_command.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"vmctl - a KVM virtual machine monitor built for snapshot, restore and live migration"};
+  CLI::App app{
+      "vmctl - a KVM virtual machine monitor built for snapshot, restore and live migration"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("vmctl ") + VMCTL_VERSION);
   app.footer("Run 'vmctl COMMAND --help' for a command's options and examples.");

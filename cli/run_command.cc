@@ -20,20 +20,31 @@ namespace {
 
 // Counters worth an operator's glance, in the order shown; the rest of KVM's stats are noise here.
 constexpr const char* kShownStats[] = {
-    "exits",           "io_exits",       "mmio_exits",        "halt_exits",
-    "irq_exits",       "irq_window_exits", "nmi_window_exits", "signal_exits",
-    "request_irq_exits", "insn_emulation", "insn_emulation_fail", "irq_injections",
+    "exits",
+    "io_exits",
+    "mmio_exits",
+    "halt_exits",
+    "irq_exits",
+    "irq_window_exits",
+    "nmi_window_exits",
+    "signal_exits",
+    "request_irq_exits",
+    "insn_emulation",
+    "insn_emulation_fail",
+    "irq_injections",
     "halt_wakeup",
 };
 
 void print_stats(const vmm::Vm& vm) {
   Result<std::vector<vmm::VcpuStats>> stats = vm.exit_stats();
   if (!stats.ok()) {
-    std::fprintf(stderr, "vmctl: exit statistics unavailable: %s\n", stats.error().message().c_str());
+    std::fprintf(stderr, "vmctl: exit statistics unavailable: %s\n",
+                 stats.error().message().c_str());
     return;
   }
   if (stats->empty()) {
-    std::fprintf(stderr, "vmctl: exit statistics unavailable: this host's KVM has no binary stats fd\n");
+    std::fprintf(stderr,
+                 "vmctl: exit statistics unavailable: this host's KVM has no binary stats fd\n");
     return;
   }
   std::string header = fmt::format("{:<22}", "exit statistic");
@@ -76,7 +87,8 @@ class SignalWatcher {
     while (!done_) {
       int sig = sigtimedwait(&set, nullptr, &tick);
       if (sig > 0) {
-        if (!vm_.ended()) std::fprintf(stderr, "\nvmctl: %s received, stopping the VM\n", strsignal(sig));
+        if (!vm_.ended())
+          std::fprintf(stderr, "\nvmctl: %s received, stopping the VM\n", strsignal(sig));
         vm_.stop();
       }
     }
@@ -89,7 +101,8 @@ class SignalWatcher {
 }  // namespace
 
 CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
-  CLI::App* run = app.add_subcommand("run", "Boot a guest in the foreground, console on this terminal");
+  CLI::App* run =
+      app.add_subcommand("run", "Boot a guest in the foreground, console on this terminal");
   run->footer(
       "With no --kernel, boots the built-in demo guest (a heartbeat that prints HB lines).\n"
       "Kernels: ELF with a PVH note or multiboot header, or a Linux bzImage.\n"
@@ -98,9 +111,11 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
       "2 on bad input.\n\n"
       "Examples:\n"
       "  vmctl run\n"
-      "  vmctl run --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0' --memory 1G --cpus 2");
+      "  vmctl run --kernel vmlinuz --initrd initrd.img --cmdline 'console=ttyS0' --memory 1G "
+      "--cpus 2");
   run->add_option("--kernel,-k", o.kernel, "Kernel image to boot (default: built-in demo guest)");
-  run->add_option("--initrd,-i", o.initrd, "Initial ramdisk (Linux) or boot module (PVH/multiboot)");
+  run->add_option("--initrd,-i", o.initrd,
+                  "Initial ramdisk (Linux) or boot module (PVH/multiboot)");
   run->add_option("--cmdline,-c", o.cmdline, "Kernel command line");
   run->add_option("--memory,-m", o.memory, "Guest RAM, e.g. 512M or 2G")->capture_default_str();
   run->add_option("--cpus", o.cpus, "Number of vCPUs")->capture_default_str();
@@ -141,8 +156,8 @@ int run_vm(const RunOptions& o) {
   if (!o.quiet) {
     std::fprintf(stderr, "vmctl: booting %s (%s, %s, %u vCPU%s); Ctrl-C stops it\n",
                  o.kernel.empty() ? "the built-in demo guest" : o.kernel.c_str(),
-                 vmm::boot::image_kind_name(vm.boot_entry().kind), format_size(*memory).c_str(), o.cpus,
-                 o.cpus == 1 ? "" : "s");
+                 vmm::boot::image_kind_name(vm.boot_entry().kind), format_size(*memory).c_str(),
+                 o.cpus, o.cpus == 1 ? "" : "s");
   }
   vmm::VmExit exit;
   {

@@ -1,5 +1,5 @@
-// The CPUID table a vCPU is given: KVM's supported set, filtered for what vmctl can save, restore and
-// migrate, with the topology leaves rewritten for this vCPU's APIC ID.
+// The CPUID table a vCPU is given: KVM's supported set, filtered for what vmctl can save, restore
+// and migrate, with the topology leaves rewritten for this vCPU's APIC ID.
 #pragma once
 
 #include <cstdint>

@@ -54,21 +54,24 @@ uint8_t* GuestMemory::host_address(uint64_t gpa, uint64_t len) const {
 
 Status GuestMemory::write(uint64_t gpa, const void* src, size_t len) {
   uint8_t* dst = host_address(gpa, len);
-  if (dst == nullptr) return Error::failure("guest write " + range_text(gpa, len) + " is outside guest RAM");
+  if (dst == nullptr)
+    return Error::failure("guest write " + range_text(gpa, len) + " is outside guest RAM");
   std::memcpy(dst, src, len);
   return ok_status();
 }
 
 Status GuestMemory::read(uint64_t gpa, void* dst, size_t len) const {
   const uint8_t* src = host_address(gpa, len);
-  if (src == nullptr) return Error::failure("guest read " + range_text(gpa, len) + " is outside guest RAM");
+  if (src == nullptr)
+    return Error::failure("guest read " + range_text(gpa, len) + " is outside guest RAM");
   std::memcpy(dst, src, len);
   return ok_status();
 }
 
 Status GuestMemory::fill(uint64_t gpa, uint8_t byte, size_t len) {
   uint8_t* dst = host_address(gpa, len);
-  if (dst == nullptr) return Error::failure("guest fill " + range_text(gpa, len) + " is outside guest RAM");
+  if (dst == nullptr)
+    return Error::failure("guest fill " + range_text(gpa, len) + " is outside guest RAM");
   std::memset(dst, byte, len);
   return ok_status();
 }

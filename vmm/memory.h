@@ -16,15 +16,15 @@
 namespace vmctl::vmm {
 
 inline constexpr uint64_t kPageSize = 4096;
-inline constexpr uint64_t kMmioHoleStart = 3ull << 30;  // 3 GiB
+inline constexpr uint64_t kMmioHoleStart = 3ull << 30;    // 3 GiB
 inline constexpr uint64_t kHighMemoryStart = 4ull << 30;  // 4 GiB
-inline constexpr uint64_t kMinimumMemory = 16ull << 20;  // a guest below this cannot boot usefully
+inline constexpr uint64_t kMinimumMemory = 16ull << 20;   // a guest below this cannot boot usefully
 
 struct MemoryRegion {
   uint64_t guest_phys = 0;
   uint64_t size = 0;
-  Mapping host;  // owns the host pages backing this region
-  uint32_t slot = 0;  // KVM memory slot id
+  Mapping host;                // owns the host pages backing this region
+  uint32_t slot = 0;           // KVM memory slot id
   bool dirty_logging = false;  // KVM_MEM_LOG_DIRTY_PAGES currently set on the slot
 
   uint64_t end() const { return guest_phys + size; }
@@ -35,7 +35,8 @@ struct MemoryRegion {
 
 class GuestMemory {
  public:
-  // Allocates `ram_size` bytes (a multiple of 4 KiB, at least kMinimumMemory) split around the hole.
+  // Allocates `ram_size` bytes (a multiple of 4 KiB, at least kMinimumMemory) split around the
+  // hole.
   static Result<GuestMemory> create(uint64_t ram_size);
 
   GuestMemory(GuestMemory&&) = default;

@@ -3,9 +3,9 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -120,12 +120,13 @@ Status Vcpu::configure(const std::vector<CpuidEntry>& cpuid) {
       {kMsrSyscallMask, 0},
       {kMsrKernelGsBase, 0},
       {kMsrIa32Tsc, 0},
-      {kMsrIa32MiscEnable, 1},  // fast-string enable
+      {kMsrIa32MiscEnable, 1},            // fast-string enable
       {kMsrMtrrDefType, (1u << 11) | 6},  // MTRRs enabled, default type write-back
   }));
   // Wire LINT0 to the PIC (ExtINT) and LINT1 to NMI, as the MP table says (virtual wire mode).
   kvm_lapic_state lapic = TRY(fd_.get_lapic());
-  set_apic_reg(lapic, kApicLvtLint0, (apic_reg(lapic, kApicLvtLint0) & ~0x700u) | kApicDeliveryExtInt);
+  set_apic_reg(lapic, kApicLvtLint0,
+               (apic_reg(lapic, kApicLvtLint0) & ~0x700u) | kApicDeliveryExtInt);
   set_apic_reg(lapic, kApicLvtLint1, (apic_reg(lapic, kApicLvtLint1) & ~0x700u) | kApicDeliveryNmi);
   TRY(fd_.set_lapic(lapic));
   return ok_status();
@@ -262,8 +263,8 @@ VmExit Vcpu::error_exit(const std::string& message) {
 
 std::string Vcpu::describe_internal_error() {
   kvm_run* run = fd_.run_struct();
-  std::string text = fmt::format("vCPU {}: KVM internal error (suberror {})", index(),
-                                 run->internal.suberror);
+  std::string text =
+      fmt::format("vCPU {}: KVM internal error (suberror {})", index(), run->internal.suberror);
   if (run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) {
     text = fmt::format("vCPU {}: KVM could not emulate an instruction", index());
   }
@@ -333,8 +334,8 @@ bool Vcpu::handle_exit() {
       return false;
     case KVM_EXIT_FAIL_ENTRY:
       handler_.end_vm(error_exit(fmt::format(
-          "vCPU {}: KVM could not enter the guest (hardware entry failure reason 0x{:x})",
-          index(), run->fail_entry.hardware_entry_failure_reason)));
+          "vCPU {}: KVM could not enter the guest (hardware entry failure reason 0x{:x})", index(),
+          run->fail_entry.hardware_entry_failure_reason)));
       return false;
     case KVM_EXIT_INTR:
       return true;

@@ -26,12 +26,12 @@ namespace vmctl::vmm {
 // Why a VM stopped running.
 struct VmExit {
   enum class Kind {
-    kDebugExit,  // the guest wrote its status to the debug-exit port
-    kPowerOff,  // KVM_SYSTEM_EVENT_SHUTDOWN (ACPI or PSCI power off)
-    kReset,  // the guest asked for a reset (i8042 0xFE, KVM_SYSTEM_EVENT_RESET)
+    kDebugExit,    // the guest wrote its status to the debug-exit port
+    kPowerOff,     // KVM_SYSTEM_EVENT_SHUTDOWN (ACPI or PSCI power off)
+    kReset,        // the guest asked for a reset (i8042 0xFE, KVM_SYSTEM_EVENT_RESET)
     kTripleFault,  // KVM_EXIT_SHUTDOWN: the guest triple-faulted
-    kStopped,  // the operator stopped it (Ctrl-C, SIGTERM, an RPC)
-    kError,  // the VMM could not go on: internal error, failed entry, failed ioctl
+    kStopped,      // the operator stopped it (Ctrl-C, SIGTERM, an RPC)
+    kError,        // the VMM could not go on: internal error, failed entry, failed ioctl
   };
   Kind kind = Kind::kStopped;
   uint32_t status = 0;  // for kDebugExit
@@ -65,13 +65,15 @@ class Vcpu {
   int index() const { return fd_.index(); }
   kvm::VcpuFd& fd() { return fd_; }
 
-  // CPUID, initial MSRs and the LAPIC's LINT0/LINT1 wiring (ExtINT, NMI), for a freshly created vCPU.
+  // CPUID, initial MSRs and the LAPIC's LINT0/LINT1 wiring (ExtINT, NMI), for a freshly created
+  // vCPU.
   Status configure(const std::vector<CpuidEntry>& cpuid);
   // Registers and segments for the boot vCPU, from the loader's description.
   Status set_boot_state(const boot::BootEntry& entry);
 
   void start();
-  // Asks the thread to park at its next safe point; returns at once. wait_paused() blocks until it has.
+  // Asks the thread to park at its next safe point; returns at once. wait_paused() blocks until it
+  // has.
   void request_pause();
   void wait_paused();
   void resume();

@@ -33,7 +33,8 @@ constexpr uint16_t kDebugExitPort = 0xf4;
 
 Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config) {
   if (config.num_cpus == 0 || config.num_cpus > kMaxVcpus) {
-    return Error::user(fmt::format("--cpus {} is out of range: give 1 to {}", config.num_cpus, kMaxVcpus));
+    return Error::user(
+        fmt::format("--cpus {} is out of range: give 1 to {}", config.num_cpus, kMaxVcpus));
   }
   kvm::KvmSystem system = TRY(kvm::KvmSystem::open());
   int max_vcpus = system.check_extension(KVM_CAP_MAX_VCPUS);
@@ -101,8 +102,9 @@ Status Vm::add_devices(const VmConfig& config) {
   auto i8042 = std::make_shared<I8042>([this] { end_vm(VmExit{VmExit::Kind::kReset, 0, ""}); });
   uint64_t low = memory_.low_ram_end();
   auto rtc = std::make_shared<CmosRtc>(low, memory_.ram_size() - low);
-  auto debug_exit = std::make_shared<DebugExit>(
-      [this](uint32_t status) { end_vm(VmExit{VmExit::Kind::kDebugExit, status, ""}); });
+  auto debug_exit = std::make_shared<DebugExit>([this](uint32_t status) {
+    end_vm(VmExit{VmExit::Kind::kDebugExit, status, ""});
+  });
   bool ok = port_bus_.add(kCom1Port, 8, serial_) && port_bus_.add(kI8042Port, 5, i8042) &&
             port_bus_.add(kCmosPort, 2, rtc) && port_bus_.add(kDebugExitPort, 4, debug_exit);
   if (!ok) return Error::failure("overlapping port I/O ranges in the device layout");
@@ -154,7 +156,9 @@ void Vm::resume() {
   for (auto& vcpu : vcpus_) vcpu->resume();
 }
 
-void Vm::stop() { end_vm(VmExit{VmExit::Kind::kStopped, 0, ""}); }
+void Vm::stop() {
+  end_vm(VmExit{VmExit::Kind::kStopped, 0, ""});
+}
 
 void Vm::end_vm(const VmExit& exit) {
   {
@@ -181,7 +185,9 @@ VmExit Vm::wait() {
   return *exit_;
 }
 
-void Vm::console_input(const uint8_t* data, size_t len) { serial_->enqueue_input(data, len); }
+void Vm::console_input(const uint8_t* data, size_t len) {
+  serial_->enqueue_input(data, len);
+}
 
 Result<std::vector<VcpuStats>> Vm::exit_stats() const {
   std::vector<VcpuStats> out;
@@ -193,7 +199,9 @@ Result<std::vector<VcpuStats>> Vm::exit_stats() const {
   return out;
 }
 
-void Vm::port_read(uint16_t port, uint8_t* data, size_t size) { port_bus_.read(port, data, size); }
+void Vm::port_read(uint16_t port, uint8_t* data, size_t size) {
+  port_bus_.read(port, data, size);
+}
 
 void Vm::port_write(uint16_t port, const uint8_t* data, size_t size) {
   port_bus_.write(port, data, size);

@@ -1,5 +1,5 @@
-// A running virtual machine: KVM VM fd, guest memory, in-kernel irqchip and PIT, the legacy devices,
-// and one thread per vCPU.
+// A running virtual machine: KVM VM fd, guest memory, in-kernel irqchip and PIT, the legacy
+// devices, and one thread per vCPU.
 #pragma once
 
 #include <atomic>

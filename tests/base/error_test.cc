@@ -9,7 +9,9 @@
 namespace vmctl {
 namespace {
 
-Result<int> fails_with(const char* message) { return Error::failure(message); }
+Result<int> fails_with(const char* message) {
+  return Error::failure(message);
+}
 
 Result<int> adds_context() {
   int v = TRY_CTX(fails_with("inner"), "outer");

@@ -1,6 +1,6 @@
-// Boots the Debian cloud kernel (fetched by scripts/fetch-debian-kernel.sh, which `dev.sh test` runs)
-// as a bzImage. On the CI machines guest ring-0 code is emulated and Linux stops soon after its early
-// console, so the test asserts on the banner and on the echoed command line only.
+// Boots the Debian cloud kernel (fetched by scripts/fetch-debian-kernel.sh, which `dev.sh test`
+// runs) as a bzImage. On the CI machines guest ring-0 code is emulated and Linux stops soon after
+// its early console, so the test asserts on the banner and on the echoed command line only.
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -17,7 +17,8 @@ TEST(Linux, BzImagePrintsItsBannerAndEchoesTheCommandLine) {
   const std::string kernel = VMCTL_LINUX_KERNEL;
   struct stat st {};
   ASSERT_EQ(stat(kernel.c_str(), &st), 0)
-      << kernel << " is missing: run scripts/fetch-debian-kernel.sh " << kernel.substr(0, kernel.rfind('/'));
+      << kernel << " is missing: run scripts/fetch-debian-kernel.sh "
+      << kernel.substr(0, kernel.rfind('/'));
   const std::string marker = "vmctl-linux-boot-test=42";
   VmctlProcess vm({"run", "--kernel", kernel, "--memory", "512M", "--cmdline",
                    "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic_timer " + marker});

@@ -11,7 +11,8 @@ namespace {
 using namespace std::chrono_literals;
 
 TEST(Run, HeartbeatGuestPrintsSteadyHeartbeatsAndExitsWithItsStatus) {
-  VmctlProcess vm({"run", "--kernel", guest_path("heartbeat.elf"), "--cmdline", "hb_ms=50 exit_after=5"});
+  VmctlProcess vm(
+      {"run", "--kernel", guest_path("heartbeat.elf"), "--cmdline", "hb_ms=50 exit_after=5"});
   ASSERT_TRUE(vm.wait_for_line("^heartbeat: boot cpus=1", 60s)) << vm.out() << vm.err();
   for (int i = 1; i <= 5; ++i) {
     ASSERT_TRUE(vm.wait_for_line("^HB " + std::to_string(i) + "\\b", 30s)) << vm.out() << vm.err();
@@ -102,7 +103,8 @@ std::string garbage_file() {
 INSTANTIATE_TEST_SUITE_P(
     Run, RunRejects,
     ::testing::Values(
-        BadInput{"MissingKernel", {"run", "--kernel", "/nonexistent/vmlinuz"}, "/nonexistent/vmlinuz"},
+        BadInput{
+            "MissingKernel", {"run", "--kernel", "/nonexistent/vmlinuz"}, "/nonexistent/vmlinuz"},
         BadInput{"GarbageKernel", {"run", "--kernel", garbage_file()}, "not a bootable kernel"},
         BadInput{"TooLittleMemory", {"run", "--memory", "1M"}, "too small"},
         BadInput{"BadSize", {"run", "--memory", "12Q"}, "bad size '12Q'"},

@@ -10,8 +10,12 @@
 
 namespace vmctl::testing {
 
-std::string vmctl_binary() { return VMCTL_BINARY; }
-std::string guest_path(const std::string& name) { return std::string(VMCTL_GUEST_DIR) + "/" + name; }
+std::string vmctl_binary() {
+  return VMCTL_BINARY;
+}
+std::string guest_path(const std::string& name) {
+  return std::string(VMCTL_GUEST_DIR) + "/" + name;
+}
 
 VmctlProcess::VmctlProcess(const std::vector<std::string>& args) {
   int in[2], out[2], err[2];

@@ -20,7 +20,8 @@ class VmctlProcess {
   ~VmctlProcess();  // kills the child if it is still running
 
   // Waits until stdout (the guest console) has a line matching `pattern`; returns the match's line.
-  std::optional<std::string> wait_for_line(const std::string& pattern, std::chrono::milliseconds timeout);
+  std::optional<std::string> wait_for_line(const std::string& pattern,
+                                           std::chrono::milliseconds timeout);
   // Number of stdout lines matching `pattern` so far.
   size_t count_lines(const std::string& pattern);
   void send(const std::string& text);

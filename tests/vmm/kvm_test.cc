@@ -19,7 +19,8 @@ TEST(KvmSystem, MissingDeviceIsAClearUserError) {
 TEST(KvmSystem, NonKvmDeviceIsRejectedByApiVersion) {
   Result<KvmSystem> kvm = KvmSystem::open("/dev/null");
   ASSERT_FALSE(kvm.ok());
-  EXPECT_NE(kvm.error().message().find("KVM API version"), std::string::npos) << kvm.error().message();
+  EXPECT_NE(kvm.error().message().find("KVM API version"), std::string::npos)
+      << kvm.error().message();
 }
 
 TEST(KvmSystem, OpensTheHostKvmAndReportsCpuidAndMsrs) {
@@ -41,14 +42,16 @@ TEST(VcpuFd, RefusedMsrIsNamedInTheError) {
   // 0x10 (TSC) is accepted, 0xdeadbeef is no MSR at all.
   Status s = vcpu.set_msrs({{0x10, 0}, {0xdeadbeef, 1}});
   ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.error().message().find("KVM_SET_MSRS on vCPU 0: set 1 of 2 MSRs (first failing: 0xdeadbeef)"),
+  EXPECT_NE(s.error().message().find(
+                "KVM_SET_MSRS on vCPU 0: set 1 of 2 MSRs (first failing: 0xdeadbeef)"),
             std::string::npos)
       << s.error().message();
 }
 
 TEST(StatsReader, ReadsExitCountersFromTheVcpuStatsFd) {
   KvmSystem kvm = KvmSystem::open().value();
-  if (kvm.check_extension(KVM_CAP_BINARY_STATS_FD) <= 0) GTEST_FAIL() << "host KVM lacks KVM_CAP_BINARY_STATS_FD";
+  if (kvm.check_extension(KVM_CAP_BINARY_STATS_FD) <= 0)
+    GTEST_FAIL() << "host KVM lacks KVM_CAP_BINARY_STATS_FD";
   VmFd vm = kvm.create_vm().value();
   VcpuFd vcpu = vm.create_vcpu(0).value();
   StatsReader reader = StatsReader::open(vcpu.get_stats_fd().value()).value();

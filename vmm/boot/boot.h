@@ -2,10 +2,12 @@
 //
 // Supported images (the same set QEMU's -kernel accepts for x86 direct boot):
 //   - ELF with a Xen PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): 32-bit protected mode, paging off,
-//     EBX = guest physical address of a struct hvm_start_info (v1, with memory map and command line).
+//     EBX = guest physical address of a struct hvm_start_info (v1, with memory map and command
+//     line).
 //   - ELF (or flat image) with a multiboot v1 header in its first 8 KiB: 32-bit protected mode,
 //     EAX = 0x2BADB002, EBX = multiboot info (with mmap and cmdline).
-//   - Linux bzImage (boot protocol >= 2.06 with XLF_KERNEL_64): 64-bit entry with a zero page (RSI),
+//   - Linux bzImage (boot protocol >= 2.06 with XLF_KERNEL_64): 64-bit entry with a zero page
+//   (RSI),
 //     identity-mapped page tables, e820, optional initrd.
 // A PVH note wins over a multiboot header when an ELF has both.
 //
@@ -24,14 +26,14 @@
 namespace vmctl::vmm::boot {
 
 // Fixed guest-physical layout used by the loaders (all below 1 MiB, inside RAM).
-inline constexpr uint64_t kGdtAddress = 0x500;  // boot GDT (null, code64, data, code32)
+inline constexpr uint64_t kGdtAddress = 0x500;         // boot GDT (null, code64, data, code32)
 inline constexpr uint64_t kStartInfoAddress = 0x6000;  // PVH start_info / multiboot info
-inline constexpr uint64_t kZeroPageAddress = 0x7000;  // Linux boot_params
+inline constexpr uint64_t kZeroPageAddress = 0x7000;   // Linux boot_params
 inline constexpr uint64_t kPml4Address = 0x9000;  // Linux identity page tables (PML4, PDPT, PDs)
 inline constexpr uint64_t kCmdlineAddress = 0x20000;
-inline constexpr uint64_t kCmdlineMax = 0x10000;  // 64 KiB
-inline constexpr uint64_t kEbdaStart = 0x9fc00;  // start of the reserved area below 1 MiB
-inline constexpr uint64_t kMpTableAddress = 0xf0000;  // MP floating pointer + config table
+inline constexpr uint64_t kCmdlineMax = 0x10000;         // 64 KiB
+inline constexpr uint64_t kEbdaStart = 0x9fc00;          // start of the reserved area below 1 MiB
+inline constexpr uint64_t kMpTableAddress = 0xf0000;     // MP floating pointer + config table
 inline constexpr uint64_t kKernelMinAddress = 0x100000;  // 1 MiB
 
 // GDT selectors the loaders install at kGdtAddress (both 32- and 64-bit entries use them).
@@ -44,7 +46,7 @@ const char* image_kind_name(ImageKind kind);
 
 enum class CpuMode {
   kProtected32,  // flat 32-bit segments, CR0.PE, paging off
-  kLong64,  // CR0.PE|PG, CR4.PAE, EFER.LME|LMA, CR3 = page_table_root, 64-bit code segment
+  kLong64,       // CR0.PE|PG, CR4.PAE, EFER.LME|LMA, CR3 = page_table_root, 64-bit code segment
 };
 
 // How the boot vCPU (vCPU 0) starts. Application processors start in the in-kernel LAPIC's

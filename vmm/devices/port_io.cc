@@ -28,7 +28,8 @@ void PortIoBus::read(uint16_t port, uint8_t* data, size_t size) const {
 }
 
 void PortIoBus::write(uint16_t port, const uint8_t* data, size_t size) const {
-  if (const Range* r = find(port)) r->device->write(static_cast<uint16_t>(port - r->base), data, size);
+  if (const Range* r = find(port))
+    r->device->write(static_cast<uint16_t>(port - r->base), data, size);
 }
 
 }  // namespace vmctl::vmm

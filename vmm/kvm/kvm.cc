@@ -55,8 +55,9 @@ Result<KvmSystem> KvmSystem::open(const std::string& path) {
   if (raw < 0) {
     int err = errno;
     if (err == ENOENT) {
-      return Error::user(path + " does not exist: KVM is not available on this host (enable "
-                                "virtualization in firmware and load kvm_intel or kvm_amd)");
+      return Error::user(path +
+                         " does not exist: KVM is not available on this host (enable "
+                         "virtualization in firmware and load kvm_intel or kvm_amd)");
     }
     if (err == EACCES || err == EPERM) {
       return Error::user("no permission to open " + path +
@@ -67,15 +68,17 @@ Result<KvmSystem> KvmSystem::open(const std::string& path) {
   KvmSystem system{Fd(raw)};
   int version = ::ioctl(raw, KVM_GET_API_VERSION, 0);
   if (version != KVM_API_VERSION) {
-    return Error::user(fmt::format("{}: KVM API version {} (expected {}); this kernel's KVM is not "
-                                   "supported",
-                                   path, version, KVM_API_VERSION));
+    return Error::user(
+        fmt::format("{}: KVM API version {} (expected {}); this kernel's KVM is not "
+                    "supported",
+                    path, version, KVM_API_VERSION));
   }
   for (const RequiredCapability& cap : kRequiredCapabilities) {
     if (system.check_extension(cap.capability) <= 0) {
-      return Error::user(fmt::format("{}: the host's KVM lacks {} (needed for {}); use a newer "
-                                     "kernel or a host with hardware virtualization",
-                                     path, cap.name, cap.why));
+      return Error::user(
+          fmt::format("{}: the host's KVM lacks {} (needed for {}); use a newer "
+                      "kernel or a host with hardware virtualization",
+                      path, cap.name, cap.why));
     }
   }
   system.vcpu_mmap_size_ = ::ioctl(raw, KVM_GET_VCPU_MMAP_SIZE, 0);
@@ -200,7 +203,8 @@ Status VmFd::irq_line(uint32_t gsi, bool level) {
 }
 
 Result<VcpuFd> VmFd::create_vcpu(int index) {
-  int raw = retry_ioctl(fd_.get(), KVM_CREATE_VCPU, reinterpret_cast<void*>(static_cast<long>(index)));
+  int raw =
+      retry_ioctl(fd_.get(), KVM_CREATE_VCPU, reinterpret_cast<void*>(static_cast<long>(index)));
   if (raw < 0) return Error::from_errno(fmt::format("KVM_CREATE_VCPU {}", index), errno);
   Fd fd(raw);
   Mapping run = TRY(Mapping::map(vcpu_mmap_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0,
@@ -223,20 +227,20 @@ Status VcpuFd::run() {
   return ok_status();
 }
 
-#define VMCTL_VCPU_GET(Type, method, IOCTL)                               \
-  Result<Type> VcpuFd::method() const {                                   \
-    Type value{};                                                         \
-    if (retry_ioctl(fd_.get(), IOCTL, &value) < 0) {                      \
-      return Error::from_errno(what(#IOCTL), errno);                      \
-    }                                                                     \
-    return value;                                                         \
+#define VMCTL_VCPU_GET(Type, method, IOCTL)          \
+  Result<Type> VcpuFd::method() const {              \
+    Type value{};                                    \
+    if (retry_ioctl(fd_.get(), IOCTL, &value) < 0) { \
+      return Error::from_errno(what(#IOCTL), errno); \
+    }                                                \
+    return value;                                    \
   }
-#define VMCTL_VCPU_SET(Type, method, IOCTL)                                       \
-  Status VcpuFd::method(const Type& value) {                                      \
-    if (retry_ioctl(fd_.get(), IOCTL, const_cast<Type*>(&value)) < 0) {           \
-      return Error::from_errno(what(#IOCTL), errno);                              \
-    }                                                                             \
-    return ok_status();                                                           \
+#define VMCTL_VCPU_SET(Type, method, IOCTL)                             \
+  Status VcpuFd::method(const Type& value) {                            \
+    if (retry_ioctl(fd_.get(), IOCTL, const_cast<Type*>(&value)) < 0) { \
+      return Error::from_errno(what(#IOCTL), errno);                    \
+    }                                                                   \
+    return ok_status();                                                 \
   }
 
 VMCTL_VCPU_GET(kvm_regs, get_regs, KVM_GET_REGS)
@@ -308,7 +312,8 @@ Result<std::vector<MsrEntry>> VcpuFd::get_msrs(const std::vector<uint32_t>& indi
 Result<kvm_translation> VcpuFd::translate(uint64_t linear_address) const {
   kvm_translation tr{};
   tr.linear_address = linear_address;
-  if (retry_ioctl(fd_.get(), KVM_TRANSLATE, &tr) < 0) return Error::from_errno(what("KVM_TRANSLATE"), errno);
+  if (retry_ioctl(fd_.get(), KVM_TRANSLATE, &tr) < 0)
+    return Error::from_errno(what("KVM_TRANSLATE"), errno);
   return tr;
 }
 

@@ -1,8 +1,8 @@
 // Thin, typed wrappers over the KVM ioctl API: one method per ioctl, named after it, no policy.
 //
-// KvmSystem (/dev/kvm) → VmFd → VcpuFd, each exposing only the ioctls legal on that fd. Every failure
-// is an Error naming the ioctl, the vCPU where there is one, and the errno text. This folder is the
-// only place in the project that includes <linux/kvm.h> or calls ioctl().
+// KvmSystem (/dev/kvm) → VmFd → VcpuFd, each exposing only the ioctls legal on that fd. Every
+// failure is an Error naming the ioctl, the vCPU where there is one, and the errno text. This
+// folder is the only place in the project that includes <linux/kvm.h> or calls ioctl().
 #pragma once
 
 #include "vmm/kvm/kvm_uapi.h"

@@ -1,7 +1,7 @@
 #include "vmm/kvm/stats.h"
 
-#include "vmm/kvm/kvm_uapi.h"
 #include <unistd.h>
+#include "vmm/kvm/kvm_uapi.h"
 
 #include <cerrno>
 #include <cstring>
@@ -28,7 +28,8 @@ Result<StatsReader> StatsReader::open(Fd stats_fd) {
     end = std::max(end, d->offset + bytes);
     if (d->size != 1) continue;
     const char* name = reinterpret_cast<const char*>(d) + sizeof(kvm_stats_desc);
-    reader.descriptors_.push_back(Descriptor{std::string(name, strnlen(name, header.name_size)), d->offset});
+    reader.descriptors_.push_back(
+        Descriptor{std::string(name, strnlen(name, header.name_size)), d->offset});
   }
   reader.data_offset_ = header.data_offset;
   reader.data_size_ = end;
@@ -38,7 +39,8 @@ Result<StatsReader> StatsReader::open(Fd stats_fd) {
 
 Result<std::vector<StatValue>> StatsReader::sample() const {
   std::vector<uint8_t> data(data_size_);
-  if (::pread(fd_.get(), data.data(), data.size(), data_offset_) != static_cast<ssize_t>(data.size())) {
+  if (::pread(fd_.get(), data.data(), data.size(), data_offset_) !=
+      static_cast<ssize_t>(data.size())) {
     return Error::from_errno("reading KVM stats values", errno);
   }
   std::vector<StatValue> values;
