@@ -11,7 +11,7 @@ BUILD="${VMCTL_BUILD_DIR:-$ROOT/build}"
 
 PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  capnproto libcapnp-dev libzstd-dev
+  capnproto libcapnp-dev libzstd-dev libxxhash-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   libgtest-dev libcli11-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
 )

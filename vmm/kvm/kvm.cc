@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -218,6 +219,60 @@ Result<Fd> VmFd::get_stats_fd() const {
   return Fd(r);
 }
 
+Result<kvm_irqchip> VmFd::get_irqchip(uint32_t chip_id) const {
+  kvm_irqchip chip{};
+  chip.chip_id = chip_id;
+  if (retry_ioctl(fd_.get(), KVM_GET_IRQCHIP, &chip) < 0) {
+    return Error::from_errno(fmt::format("KVM_GET_IRQCHIP chip {}", chip_id), errno);
+  }
+  return chip;
+}
+
+Status VmFd::set_irqchip(const kvm_irqchip& chip) {
+  if (retry_ioctl(fd_.get(), KVM_SET_IRQCHIP, const_cast<kvm_irqchip*>(&chip)) < 0) {
+    return Error::from_errno(fmt::format("KVM_SET_IRQCHIP chip {}", chip.chip_id), errno);
+  }
+  return ok_status();
+}
+
+Result<kvm_pit_state2> VmFd::get_pit2() const {
+  kvm_pit_state2 pit{};
+  if (retry_ioctl(fd_.get(), KVM_GET_PIT2, &pit) < 0)
+    return Error::from_errno("KVM_GET_PIT2", errno);
+  return pit;
+}
+
+Status VmFd::set_pit2(const kvm_pit_state2& pit) {
+  if (retry_ioctl(fd_.get(), KVM_SET_PIT2, const_cast<kvm_pit_state2*>(&pit)) < 0) {
+    return Error::from_errno("KVM_SET_PIT2", errno);
+  }
+  return ok_status();
+}
+
+Result<kvm_clock_data> VmFd::get_clock() const {
+  kvm_clock_data clock{};
+  if (retry_ioctl(fd_.get(), KVM_GET_CLOCK, &clock) < 0)
+    return Error::from_errno("KVM_GET_CLOCK", errno);
+  return clock;
+}
+
+Status VmFd::set_clock(const kvm_clock_data& clock) {
+  if (retry_ioctl(fd_.get(), KVM_SET_CLOCK, const_cast<kvm_clock_data*>(&clock)) < 0) {
+    return Error::from_errno("KVM_SET_CLOCK", errno);
+  }
+  return ok_status();
+}
+
+Status VmFd::get_dirty_log(uint32_t slot, uint64_t* bitmap) {
+  kvm_dirty_log log{};
+  log.slot = slot;
+  log.dirty_bitmap = bitmap;
+  if (retry_ioctl(fd_.get(), KVM_GET_DIRTY_LOG, &log) < 0) {
+    return Error::from_errno(fmt::format("KVM_GET_DIRTY_LOG slot {}", slot), errno);
+  }
+  return ok_status();
+}
+
 std::string VcpuFd::what(const char* ioctl_name) const {
   return fmt::format("{} on vCPU {}", ioctl_name, index_);
 }
@@ -250,6 +305,13 @@ VMCTL_VCPU_SET(kvm_sregs, set_sregs, KVM_SET_SREGS)
 VMCTL_VCPU_GET(kvm_lapic_state, get_lapic, KVM_GET_LAPIC)
 VMCTL_VCPU_SET(kvm_lapic_state, set_lapic, KVM_SET_LAPIC)
 VMCTL_VCPU_GET(kvm_mp_state, get_mp_state, KVM_GET_MP_STATE)
+VMCTL_VCPU_SET(kvm_mp_state, set_mp_state, KVM_SET_MP_STATE)
+VMCTL_VCPU_GET(kvm_vcpu_events, get_vcpu_events, KVM_GET_VCPU_EVENTS)
+VMCTL_VCPU_SET(kvm_vcpu_events, set_vcpu_events, KVM_SET_VCPU_EVENTS)
+VMCTL_VCPU_GET(kvm_debugregs, get_debugregs, KVM_GET_DEBUGREGS)
+VMCTL_VCPU_SET(kvm_debugregs, set_debugregs, KVM_SET_DEBUGREGS)
+VMCTL_VCPU_GET(kvm_xcrs, get_xcrs, KVM_GET_XCRS)
+VMCTL_VCPU_SET(kvm_xcrs, set_xcrs, KVM_SET_XCRS)
 
 #undef VMCTL_VCPU_GET
 #undef VMCTL_VCPU_SET
@@ -307,6 +369,65 @@ Result<std::vector<MsrEntry>> VcpuFd::get_msrs(const std::vector<uint32_t>& indi
     out.push_back(MsrEntry{list->entries[i].index, list->entries[i].data});
   }
   return out;
+}
+
+Result<std::vector<uint8_t>> VcpuFd::get_xsave2(size_t size) const {
+  std::vector<uint8_t> buf(std::max<size_t>(size, sizeof(kvm_xsave)));
+  if (retry_ioctl(fd_.get(), KVM_GET_XSAVE2, buf.data()) < 0) {
+    return Error::from_errno(what("KVM_GET_XSAVE2"), errno);
+  }
+  return buf;
+}
+
+Status VcpuFd::set_xsave(const std::vector<uint8_t>& xsave) {
+  if (xsave.size() < sizeof(kvm_xsave)) {
+    return Error::failure(fmt::format("{}: XSAVE area of {} bytes is smaller than {}",
+                                      what("KVM_SET_XSAVE"), xsave.size(), sizeof(kvm_xsave)));
+  }
+  // KVM_SET_XSAVE reads as many bytes as KVM_CAP_XSAVE2 reports; the buffer carries them all.
+  if (retry_ioctl(fd_.get(), KVM_SET_XSAVE, const_cast<uint8_t*>(xsave.data())) < 0) {
+    return Error::from_errno(what("KVM_SET_XSAVE"), errno);
+  }
+  return ok_status();
+}
+
+Result<std::vector<CpuidEntry>> VcpuFd::get_cpuid2() const {
+  for (size_t n = 64; n <= 4096; n *= 2) {
+    auto cpuid = make_flex<kvm_cpuid2, kvm_cpuid_entry2>(n);
+    cpuid->nent = static_cast<uint32_t>(n);
+    if (retry_ioctl(fd_.get(), KVM_GET_CPUID2, cpuid.get()) < 0) {
+      if (errno == E2BIG) continue;
+      return Error::from_errno(what("KVM_GET_CPUID2"), errno);
+    }
+    std::vector<CpuidEntry> entries;
+    for (uint32_t i = 0; i < cpuid->nent; ++i) {
+      const kvm_cpuid_entry2& e = cpuid->entries[i];
+      entries.push_back(CpuidEntry{e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx});
+    }
+    return entries;
+  }
+  return Error::failure(what("KVM_GET_CPUID2") + ": more than 4096 entries");
+}
+
+Result<uint32_t> VcpuFd::get_tsc_khz() const {
+  int r = ::ioctl(fd_.get(), KVM_GET_TSC_KHZ, 0);
+  if (r < 0) return Error::from_errno(what("KVM_GET_TSC_KHZ"), errno);
+  return static_cast<uint32_t>(r);
+}
+
+Status VcpuFd::set_tsc_khz(uint32_t khz) {
+  if (::ioctl(fd_.get(), KVM_SET_TSC_KHZ, static_cast<unsigned long>(khz)) < 0) {
+    return Error::from_errno(fmt::format("{} ({} kHz)", what("KVM_SET_TSC_KHZ"), khz), errno);
+  }
+  return ok_status();
+}
+
+Status VcpuFd::kvmclock_ctrl() {
+  // EINVAL only means the guest has not enabled kvmclock; nothing to tell it then.
+  if (::ioctl(fd_.get(), KVM_KVMCLOCK_CTRL, 0) < 0 && errno != EINVAL) {
+    return Error::from_errno(what("KVM_KVMCLOCK_CTRL"), errno);
+  }
+  return ok_status();
 }
 
 Result<kvm_translation> VcpuFd::translate(uint64_t linear_address) const {

@@ -59,6 +59,16 @@ class VmFd {
   Status irq_line(uint32_t gsi, bool level);
   Result<VcpuFd> create_vcpu(int index);
   Result<Fd> get_stats_fd() const;
+
+  // VM-level device state of the in-kernel irqchip (chip 0: PIC master, 1: PIC slave, 2: IOAPIC).
+  Result<kvm_irqchip> get_irqchip(uint32_t chip_id) const;
+  Status set_irqchip(const kvm_irqchip& chip);
+  Result<kvm_pit_state2> get_pit2() const;
+  Status set_pit2(const kvm_pit_state2& pit);
+  Result<kvm_clock_data> get_clock() const;
+  Status set_clock(const kvm_clock_data& clock);
+  // KVM_GET_DIRTY_LOG for one slot into `bitmap` (one bit per page, 64-bit words).
+  Status get_dirty_log(uint32_t slot, uint64_t* bitmap);
   int fd() const { return fd_.get(); }
 
  private:
@@ -88,6 +98,21 @@ class VcpuFd {
   Status set_msrs(const std::vector<MsrEntry>& msrs);
   Result<std::vector<MsrEntry>> get_msrs(const std::vector<uint32_t>& indices) const;
   Result<kvm_mp_state> get_mp_state() const;
+  Status set_mp_state(const kvm_mp_state& state);
+  Result<kvm_vcpu_events> get_vcpu_events() const;
+  Status set_vcpu_events(const kvm_vcpu_events& events);
+  Result<kvm_debugregs> get_debugregs() const;
+  Status set_debugregs(const kvm_debugregs& regs);
+  Result<kvm_xcrs> get_xcrs() const;
+  Status set_xcrs(const kvm_xcrs& xcrs);
+  // KVM_GET_XSAVE2 sized by KVM_CAP_XSAVE2 (larger than 4 KiB with AMX); `size` from the VM.
+  Result<std::vector<uint8_t>> get_xsave2(size_t size) const;
+  Status set_xsave(const std::vector<uint8_t>& xsave);
+  Result<std::vector<CpuidEntry>> get_cpuid2() const;
+  // TSC frequency in kHz (KVM_GET_TSC_KHZ / KVM_SET_TSC_KHZ).
+  Result<uint32_t> get_tsc_khz() const;
+  Status set_tsc_khz(uint32_t khz);
+  Status kvmclock_ctrl();
   Result<kvm_translation> translate(uint64_t linear_address) const;
   Result<Fd> get_stats_fd() const;
 
