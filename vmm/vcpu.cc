@@ -280,6 +280,9 @@ std::string Vcpu::describe_internal_error() {
       if (const uint8_t* p = memory_.host_address(tr->physical_address, len)) {
         text += ", instruction bytes";
         for (uint64_t i = 0; i < len; ++i) text += fmt::format(" {:02x}", p[i]);
+      } else {
+        text += fmt::format(", which is guest-physical 0x{:x} where there is no RAM",
+                            tr->physical_address);
       }
     }
   }

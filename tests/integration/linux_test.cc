@@ -32,7 +32,9 @@ TEST(Linux, BzImagePrintsItsBannerAndEchoesTheCommandLine) {
   // clear message); on a real host it is still running and SIGTERM stops it cleanly (exit 0).
   ASSERT_TRUE(code.has_value()) << "vmctl did not exit after SIGTERM";
   EXPECT_TRUE(*code == 0 || *code == 1) << *code << vm.err();
-  if (*code == 1) EXPECT_NE(vm.err().find("RIP"), std::string::npos) << vm.err();
+  if (*code == 1) {
+    EXPECT_NE(vm.err().find("RIP"), std::string::npos) << vm.err();
+  }
 }
 
 }  // namespace

@@ -58,6 +58,33 @@ TEST(Run, DirtierRewritesMemoryFromRing3WithoutMismatches) {
   EXPECT_TRUE(vm.wait_for_line("total=[1-9]", 1s)) << vm.out();
 }
 
+TEST(Run, MultibootGuestBootsWithItsCommandLine) {
+  VmctlProcess vm({"run", "--kernel", guest_path("heartbeat-multiboot.elf"), "--cmdline",
+                   "hb_ms=50 exit_after=2"});
+  ASSERT_TRUE(vm.wait_for_line("^heartbeat: boot cpus=1 protocol=multiboot .*exit_after=2", 60s))
+      << vm.out() << vm.err();
+  EXPECT_EQ(vm.wait_exit(60s), 0) << vm.out() << vm.err();
+  EXPECT_EQ(vm.count_lines("^HB 2\\b"), 1u) << vm.out();
+}
+
+TEST(Run, PvhGuestSeesItsMemoryMap) {
+  VmctlProcess vm({"run", "--kernel", guest_path("heartbeat.elf"), "--memory", "96M", "--cmdline",
+                   "hb_ms=50 exit_after=1"});
+  EXPECT_TRUE(vm.wait_for_line("^heartbeat: boot cpus=1 protocol=pvh ram=96MiB", 60s))
+      << vm.out() << vm.err();
+  EXPECT_EQ(vm.wait_exit(60s), 0) << vm.out() << vm.err();
+}
+
+TEST(Run, KvmInternalErrorIsReportedWithVcpuAndRip) {
+  VmctlProcess vm({"run", "--kernel", guest_path("heartbeat.elf"), "--cmdline", "hb_ms=50"});
+  ASSERT_TRUE(vm.wait_for_line("^HB 1\\b", 60s)) << vm.out() << vm.err();
+  vm.send("crash\n");
+  EXPECT_EQ(vm.wait_exit(60s), 1) << vm.out() << vm.err();
+  std::string err = vm.err();
+  EXPECT_NE(err.find("vCPU 0"), std::string::npos) << err;
+  EXPECT_NE(err.find("RIP 0xe0000000"), std::string::npos) << err;
+}
+
 TEST(Run, DemoGuestBootsWithNoArgumentsAndCtrlCStopsIt) {
   VmctlProcess vm({"run"});
   ASSERT_TRUE(vm.wait_for_line("^HB 1\\b", 60s)) << vm.out() << vm.err();
@@ -79,6 +106,7 @@ struct BadInput {
   const char* name;
   std::vector<std::string> args;
   const char* message;
+  friend void PrintTo(const BadInput& bad, std::ostream* os) { *os << bad.name; }
 };
 
 class RunRejects : public ::testing::TestWithParam<BadInput> {};

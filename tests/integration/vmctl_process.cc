@@ -1,5 +1,6 @@
 #include "tests/integration/vmctl_process.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
