@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/run_command.h"
+#include "cli/state_commands.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -14,6 +15,8 @@ int main(int argc, char** argv) {
 
   vmctl::cli::RunOptions run_options;
   CLI::App* run = vmctl::cli::add_run_command(app, run_options);
+  vmctl::cli::StateOptions state_options;
+  vmctl::cli::StateCommands state = vmctl::cli::add_state_commands(app, state_options);
 
   try {
     app.parse(argc, argv);
@@ -28,5 +31,10 @@ int main(int argc, char** argv) {
     return 2;  // bad usage is the operator's to fix
   }
   if (run->parsed()) return vmctl::cli::run_vm(run_options);
+  if (state.snapshot->parsed()) return vmctl::cli::snapshot_command(state_options);
+  if (state.restore->parsed()) return vmctl::cli::restore_command(state_options);
+  if (state.inspect->parsed()) return vmctl::cli::inspect_command(state_options);
+  if (state.pause->parsed()) return vmctl::cli::pause_resume_command(state_options, true);
+  if (state.resume->parsed()) return vmctl::cli::pause_resume_command(state_options, false);
   return 2;
 }

@@ -12,6 +12,7 @@
 
 #include "base/size.h"
 #include "cli/console.h"
+#include "cli/control.h"
 #include "vmm/vm.h"
 
 namespace vmctl::cli {
@@ -121,7 +122,18 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   run->add_option("--cpus", o.cpus, "Number of vCPUs")->capture_default_str();
   run->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics when the VM ends");
   run->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
+  run->add_option("--control", o.control,
+                  "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
   return run;
+}
+
+void block_stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
 int run_vm(const RunOptions& o) {
@@ -139,14 +151,7 @@ int run_vm(const RunOptions& o) {
   config.boot.num_cpus = o.cpus;
   config.console_output = write_stdout;
 
-  // Block the stop signals in every thread created from here on; SignalWatcher takes them.
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-
+  block_stop_signals();
   Result<std::unique_ptr<vmm::Vm>> created = vmm::Vm::create(config);
   if (!created.ok()) {
     std::fprintf(stderr, "vmctl: %s\n", created.error().message().c_str());
@@ -159,14 +164,30 @@ int run_vm(const RunOptions& o) {
                  vmm::boot::image_kind_name(vm.boot_entry().kind), format_size(*memory).c_str(),
                  o.cpus, o.cpus == 1 ? "" : "s");
   }
+  return run_session(vm, SessionOptions{o.stats, o.quiet, false, o.control});
+}
+
+int run_session(vmm::Vm& vm, const SessionOptions& o) {
+  std::unique_ptr<ControlServer> control;
+  if (!o.control.empty()) {
+    Result<std::unique_ptr<ControlServer>> server =
+        ControlServer::start(vm, o.control, o.start_paused);
+    if (!server.ok()) {
+      std::fprintf(stderr, "vmctl: %s\n", server.error().message().c_str());
+      return server.error().exit_code();
+    }
+    control = std::move(server).value();
+  }
   vmm::VmExit exit;
   {
     TerminalMode terminal;
     SignalWatcher signals(vm);
     StdinPump input([&vm](const uint8_t* data, size_t len) { vm.console_input(data, len); });
+    if (o.start_paused) vm.pause();
     vm.start();
     exit = vm.wait();
   }
+  control.reset();
   if (o.stats) print_stats(vm);
   if (exit.kind == vmm::VmExit::Kind::kError) {
     std::fprintf(stderr, "vmctl: %s\n", exit.message.c_str());

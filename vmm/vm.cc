@@ -53,6 +53,12 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config) {
   TRY(vm->register_memory());
   TRY(vm->add_devices(config));
 
+  vm->config_ = config;
+  vm->config_.console_output = nullptr;  // the device holds it; the copy is for inspection
+  if (config.for_restore) {
+    TRY(vm->create_vcpus(config.num_cpus));
+    return vm;
+  }
   if (config.boot.kernel_path.empty()) {
     std::vector<uint8_t> image(vmctl_demo_guest_start, vmctl_demo_guest_end);
     vm->boot_entry_ =
@@ -101,7 +107,8 @@ Status Vm::add_devices(const VmConfig& config) {
   serial_ = std::make_shared<Serial8250>(irq_line(kCom1Irq), output);
   auto i8042 = std::make_shared<I8042>([this] { end_vm(VmExit{VmExit::Kind::kReset, 0, ""}); });
   uint64_t low = memory_.low_ram_end();
-  auto rtc = std::make_shared<CmosRtc>(low, memory_.ram_size() - low);
+  rtc_ = std::make_shared<CmosRtc>(low, memory_.ram_size() - low);
+  auto& rtc = rtc_;
   auto debug_exit = std::make_shared<DebugExit>([this](uint32_t status) {
     end_vm(VmExit{VmExit::Kind::kDebugExit, status, ""});
   });

@@ -23,6 +23,7 @@
 namespace vmctl::vmm {
 
 class Serial8250;
+class CmosRtc;
 
 inline constexpr unsigned kMaxVcpus = 254;  // APIC IDs 0..253; 254 is the IOAPIC's at most
 
@@ -32,6 +33,9 @@ struct VmConfig {
   boot::BootConfig boot;  // an empty kernel_path boots the built-in demo guest
   // Receives every byte the guest writes to COM1. Called from vCPU threads.
   std::function<void(const uint8_t*, size_t)> console_output;
+  // Build the machine (memory, irqchip, devices, vCPUs) but load no kernel and set no boot state:
+  // a snapshot or a migration stream supplies the state (state/restore.h).
+  bool for_restore = false;
 };
 
 struct VcpuStats {
@@ -63,6 +67,14 @@ class Vm final : public ExitHandler {
   // Per-vCPU counters from KVM's binary stats (empty when the host has no stats fd).
   Result<std::vector<VcpuStats>> exit_stats() const;
 
+  // For state capture and restore (state/): use only while the VM is paused or not yet started.
+  kvm::KvmSystem& kvm_system() { return system_; }
+  kvm::VmFd& vm_fd() { return vm_fd_; }
+  Vcpu& vcpu(unsigned index) { return *vcpus_[index]; }
+  Serial8250& serial() { return *serial_; }
+  CmosRtc& rtc() { return *rtc_; }
+  const VmConfig& config() const { return config_; }
+
   GuestMemory& memory() { return memory_; }
   unsigned num_cpus() const { return static_cast<unsigned>(vcpus_.size()); }
   const boot::BootEntry& boot_entry() const { return boot_entry_; }
@@ -86,6 +98,8 @@ class Vm final : public ExitHandler {
   GuestMemory memory_;
   PortIoBus port_bus_;
   std::shared_ptr<Serial8250> serial_;
+  std::shared_ptr<CmosRtc> rtc_;
+  VmConfig config_;
   boot::BootEntry boot_entry_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::optional<kvm::StatsReader>> vcpu_stats_;

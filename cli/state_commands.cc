@@ -1,0 +1,137 @@
+#include "cli/state_commands.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include <fmt/format.h>
+
+#include "base/size.h"
+#include "cli/console.h"
+#include "cli/control.h"
+#include "cli/run_command.h"
+#include "state/inspect.h"
+#include "state/vm_state.h"
+
+namespace vmctl::cli {
+namespace {
+
+int fail(const Error& error) {
+  std::fprintf(stderr, "vmctl: %s\n", error.message().c_str());
+  return error.exit_code();
+}
+
+}  // namespace
+
+StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
+  StateCommands c;
+  c.snapshot = app.add_subcommand("snapshot", "Write a running VM's complete state to a file");
+  c.snapshot->add_option("file", o.file, "Snapshot file to write (replaced atomically)")
+      ->required();
+  c.snapshot->add_option("--control", o.control, "The VM's control socket (vmctl run --control)")
+      ->required();
+  c.snapshot->add_flag("--stop", o.stop, "Leave the VM paused afterwards (vmctl resume continues)");
+  c.snapshot->add_option("--compression", o.compression, "zstd level for memory (0 = uncompressed)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 19));
+  c.snapshot->add_flag("--json", o.json, "Print the result as JSON");
+  c.snapshot->footer(
+      "The VM pauses while its state is written and resumes after (unless --stop). The file is\n"
+      "written under a temporary name, fsynced and renamed: a failure never leaves half a\n"
+      "snapshot in place or damages an older one.\n\n"
+      "Example:\n"
+      "  vmctl run --control /run/vm1.sock &\n"
+      "  vmctl snapshot --control /run/vm1.sock vm1.snap");
+
+  c.restore = app.add_subcommand("restore", "Start a VM in this process from a snapshot file");
+  c.restore->add_option("file", o.file, "Snapshot file")->required()->check(CLI::ExistingFile);
+  c.restore->add_flag("--paused", o.paused,
+                      "Restore but do not run the vCPUs until `vmctl resume --control`");
+  c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
+  c.restore->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics at the end");
+  c.restore->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
+  c.restore->footer(
+      "The guest continues where the snapshot was taken, console on this terminal.\n\n"
+      "Example:\n"
+      "  vmctl restore vm1.snap --control /run/vm1.sock");
+
+  c.inspect = app.add_subcommand("inspect", "Show what a snapshot file holds");
+  c.inspect->add_option("file", o.file, "Snapshot file")->required()->check(CLI::ExistingFile);
+  c.inspect->add_flag("--json", o.json, "Print everything as JSON");
+  c.inspect->footer(
+      "Prints the header, the records with their sizes, each vCPU's registers and its local APIC\n"
+      "(ISR/IRR/TMR vectors, TPR, derived PPR, LVTs, mode).");
+
+  c.pause = app.add_subcommand("pause", "Pause a foreground VM's vCPUs");
+  c.pause->add_option("--control", o.control, "The VM's control socket")->required();
+  c.resume = app.add_subcommand("resume",
+                                "Resume a VM paused by pause, snapshot --stop or restore "
+                                "--paused");
+  c.resume->add_option("--control", o.control, "The VM's control socket")->required();
+  return c;
+}
+
+int snapshot_command(const StateOptions& o) {
+  nlohmann::json request = {
+      {"op", "snapshot"}, {"path", o.file}, {"stop", o.stop}, {"compression", o.compression}};
+  // The VM process writes the file: give it an absolute path.
+  if (!o.file.empty() && o.file[0] != '/') {
+    char cwd[4096];
+    if (getcwd(cwd, sizeof(cwd))) request["path"] = std::string(cwd) + "/" + o.file;
+  }
+  Result<nlohmann::json> answer = control_request(o.control, request);
+  if (!answer.ok()) return fail(answer.error());
+  const nlohmann::json& a = *answer;
+  if (o.json) {
+    std::printf("%s\n", a.dump().c_str());
+  } else {
+    std::printf("snapshot %s: %s in %.2f s (%llu records, %llu pages, %llu zero pages elided)%s\n",
+                a["path"].get<std::string>().c_str(),
+                format_size(a["bytes"].get<uint64_t>()).c_str(), a["seconds"].get<double>(),
+                static_cast<unsigned long long>(a["records"].get<uint64_t>()),
+                static_cast<unsigned long long>(a["pages"].get<uint64_t>()),
+                static_cast<unsigned long long>(a["zero_pages"].get<uint64_t>()),
+                o.stop ? "; the VM stays paused" : "");
+  }
+  return 0;
+}
+
+int restore_command(const StateOptions& o) {
+  block_stop_signals();
+  state::RestoreOptions options;
+  options.console_output = write_stdout;
+  state::StreamInfo info;
+  auto start = std::chrono::steady_clock::now();
+  Result<std::unique_ptr<vmm::Vm>> vm = state::restore_snapshot(o.file, options, &info);
+  if (!vm.ok()) return fail(vm.error());
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!o.quiet) {
+    std::fprintf(stderr, "vmctl: restored %s (%s, %u vCPU%s) in %.2f s%s; Ctrl-C stops it\n",
+                 o.file.c_str(), format_size(info.memory_size).c_str(), info.vcpus,
+                 info.vcpus == 1 ? "" : "s", seconds,
+                 o.paused ? ", paused until `vmctl resume`" : "");
+  }
+  return run_session(**vm, SessionOptions{o.stats, o.quiet, o.paused, o.control});
+}
+
+int inspect_command(const StateOptions& o) {
+  Result<std::unique_ptr<state::FileSource>> source = state::FileSource::open(o.file);
+  if (!source.ok()) return fail(source.error());
+  state::RecordReader reader(**source, fmt::format("snapshot {}", o.file));
+  Result<nlohmann::json> inspection = state::inspect_stream(reader);
+  if (!inspection.ok()) return fail(inspection.error());
+  if (o.json) {
+    std::printf("%s\n", inspection->dump(2).c_str());
+  } else {
+    std::printf("%s", state::format_inspection(*inspection).c_str());
+  }
+  return 0;
+}
+
+int pause_resume_command(const StateOptions& o, bool pause) {
+  Result<nlohmann::json> answer = control_request(o.control, {{"op", pause ? "pause" : "resume"}});
+  if (!answer.ok()) return fail(answer.error());
+  return 0;
+}
+
+}  // namespace vmctl::cli

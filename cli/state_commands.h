@@ -1,0 +1,36 @@
+// The state verbs: `vmctl snapshot`, `vmctl restore`, `vmctl inspect`, and `pause`/`resume` of a
+// foreground VM through its control socket.
+#pragma once
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace vmctl::cli {
+
+struct StateOptions {
+  std::string file;
+  std::string control;
+  bool stop = false;
+  bool paused = false;
+  bool json = false;
+  bool stats = false;
+  bool quiet = false;
+  int compression = 1;
+};
+
+struct StateCommands {
+  CLI::App* snapshot;
+  CLI::App* restore;
+  CLI::App* inspect;
+  CLI::App* pause;
+  CLI::App* resume;
+};
+
+StateCommands add_state_commands(CLI::App& app, StateOptions& options);
+int snapshot_command(const StateOptions& options);
+int restore_command(const StateOptions& options);
+int inspect_command(const StateOptions& options);
+int pause_resume_command(const StateOptions& options, bool pause);
+
+}  // namespace vmctl::cli

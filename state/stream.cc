@@ -1,0 +1,298 @@
+#include "state/stream.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+
+#include <capnp/serialize.h>
+#include <fmt/format.h>
+
+namespace vmctl::state {
+namespace {
+
+constexpr size_t kFileBufferSize = 4 << 20;
+
+std::string directory_of(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// The checksum covers the frame header (all fields before the checksum) and the stored payload, so
+// a flipped type, version or flag bit is caught like a flipped payload bit.
+uint64_t frame_checksum(const FrameHeader& header, const uint8_t* payload, size_t len) {
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, &header, offsetof(FrameHeader, checksum));
+  XXH3_64bits_update(state, payload, len);
+  uint64_t sum = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  return sum;
+}
+
+}  // namespace
+
+uint16_t format_major() {
+  return proto::state::FORMAT_MAJOR;
+}
+uint16_t format_minor() {
+  return proto::state::FORMAT_MINOR;
+}
+
+const char* record_type_name(RecordType type) {
+  switch (type) {
+    case RecordType::HEADER:
+      return "header";
+    case RecordType::TRAILER:
+      return "trailer";
+    case RecordType::VCPU:
+      return "vcpu";
+    case RecordType::LAPIC:
+      return "lapic";
+    case RecordType::IRQCHIP:
+      return "irqchip";
+    case RecordType::PIT:
+      return "pit";
+    case RecordType::CLOCK:
+      return "clock";
+    case RecordType::DEVICE:
+      return "device";
+    case RecordType::MEMORY_PAGES:
+      return "memory-pages";
+    case RecordType::DIRTY_LOG:
+      return "dirty-log";
+  }
+  return "unknown";
+}
+
+// ------------------------------------------------------------------ files
+
+FileSink::FileSink(std::string path, std::string tmp_path, Fd fd)
+    : path_(std::move(path)), tmp_path_(std::move(tmp_path)), fd_(std::move(fd)) {
+  buffer_.resize(kFileBufferSize);
+}
+
+Result<std::unique_ptr<FileSink>> FileSink::create(const std::string& path) {
+  std::string tmp = fmt::format("{}.tmp.{}", path, getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    return Error::user(fmt::format("cannot create {}: {} (is the directory writable?)", tmp,
+                                   std::strerror(errno)));
+  }
+  return std::unique_ptr<FileSink>(new FileSink(path, std::move(tmp), Fd(fd)));
+}
+
+FileSink::~FileSink() {
+  if (!committed_) ::unlink(tmp_path_.c_str());
+}
+
+Status FileSink::flush() {
+  size_t done = 0;
+  while (done < buffered_) {
+    ssize_t n = ::write(fd_.get(), buffer_.data() + done, buffered_ - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error::from_errno(fmt::format("writing {}", tmp_path_), errno);
+    }
+    done += static_cast<size_t>(n);
+  }
+  written_ += buffered_;
+  buffered_ = 0;
+  return ok_status();
+}
+
+Status FileSink::write(const void* data, size_t len) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  while (len > 0) {
+    if (buffered_ == buffer_.size()) TRY(flush());
+    size_t n = std::min(len, buffer_.size() - buffered_);
+    std::memcpy(buffer_.data() + buffered_, p, n);
+    buffered_ += n;
+    p += n;
+    len -= n;
+  }
+  return ok_status();
+}
+
+Status FileSink::commit() {
+  TRY(flush());
+  if (::fsync(fd_.get()) != 0) return Error::from_errno(fmt::format("fsync {}", tmp_path_), errno);
+  fd_.reset();
+  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
+    return Error::from_errno(fmt::format("renaming {} to {}", tmp_path_, path_), errno);
+  }
+  committed_ = true;
+  // The rename is durable only once the directory is.
+  int dir = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    ::fsync(dir);
+    ::close(dir);
+  }
+  return ok_status();
+}
+
+Result<std::unique_ptr<FileSource>> FileSource::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Error::user(fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Error::user(fmt::format("{} is not a regular file", path));
+  }
+  return std::unique_ptr<FileSource>(
+      new FileSource(path, Fd(fd), static_cast<uint64_t>(st.st_size)));
+}
+
+Result<size_t> FileSource::read(void* data, size_t len) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::read(fd_.get(), static_cast<uint8_t*>(data) + done, len - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Error::from_errno(fmt::format("reading {}", path_), errno);
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+Status MemorySink::write(const void* data, size_t len) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  bytes_.insert(bytes_.end(), p, p + len);
+  return ok_status();
+}
+
+Result<size_t> MemorySource::read(void* data, size_t len) {
+  size_t n = std::min(len, bytes_.size() - pos_);
+  std::memcpy(data, bytes_.data() + pos_, n);
+  pos_ += n;
+  return n;
+}
+
+// ------------------------------------------------------------------ writer
+
+Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool compress) {
+  kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
+  kj::ArrayPtr<const kj::byte> raw = words.asBytes();
+  FrameHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.major = static_cast<uint8_t>(format_major());
+  header.minor = static_cast<uint8_t>(format_minor());
+  header.raw_size = raw.size();
+  const uint8_t* stored = raw.begin();
+  size_t stored_size = raw.size();
+  if (compress && options_.compression_level > 0) {
+    scratch_.resize(ZSTD_compressBound(raw.size()));
+    size_t n = ZSTD_compress(scratch_.data(), scratch_.size(), raw.begin(), raw.size(),
+                             options_.compression_level);
+    if (ZSTD_isError(n)) {
+      return Error::failure(fmt::format("zstd compression failed: {}", ZSTD_getErrorName(n)));
+    }
+    // Keep whatever is smaller: random data does not compress.
+    if (n < raw.size()) {
+      stored = scratch_.data();
+      stored_size = n;
+      header.flags |= kFrameZstd;
+    }
+  }
+  header.stored_size = stored_size;
+  header.checksum = frame_checksum(header, stored, stored_size);
+  TRY(sink_.write(&header, sizeof(header)));
+  TRY(sink_.write(stored, stored_size));
+  ++records_;
+  bytes_ += sizeof(header) + stored_size;
+  return ok_status();
+}
+
+// ------------------------------------------------------------------ reader
+
+std::unique_ptr<capnp::FlatArrayMessageReader> Record::message() const {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = kMaxRecordSize / sizeof(capnp::word) * 2;
+  return std::make_unique<capnp::FlatArrayMessageReader>(payload.asPtr(), options);
+}
+
+Error RecordReader::corrupt(const std::string& what) const {
+  return Error::user(fmt::format("{}: record {} at byte {}: {}", name_, index_, offset_, what));
+}
+
+Result<std::optional<Record>> RecordReader::next() {
+  FrameHeader header;
+  size_t got = TRY(source_.read(&header, sizeof(header)));
+  if (got == 0) return std::optional<Record>();
+  if (got < sizeof(header)) {
+    return corrupt(fmt::format("truncated: the stream ends inside a frame header ({} of {} bytes)",
+                               got, sizeof(header)));
+  }
+  if (header.magic != kFrameMagic) {
+    return corrupt(index_ == 0 ? "not a vmctl state stream (bad magic)"
+                               : "bad frame magic: the stream is corrupt");
+  }
+  if (header.major > format_major()) {
+    return Error::user(fmt::format(
+        "{}: written by state format {}.{}, but this vmctl reads format {}.x: upgrade vmctl to "
+        "read it",
+        name_, header.major, header.minor, format_major()));
+  }
+  if (header.major < format_major()) {
+    return Error::user(fmt::format(
+        "{}: written by state format {}.{}, which this vmctl (format {}.{}) no longer reads", name_,
+        header.major, header.minor, format_major(), format_minor()));
+  }
+  if (header.stored_size > kMaxRecordSize || header.raw_size > kMaxRecordSize) {
+    return corrupt(fmt::format("frame claims {} bytes, more than any record can hold: corrupt",
+                               std::max(header.stored_size, header.raw_size)));
+  }
+  if (header.raw_size % sizeof(capnp::word) != 0 || header.raw_size == 0) {
+    return corrupt("payload size is not a whole number of words: corrupt");
+  }
+  if (!(header.flags & kFrameZstd) && header.stored_size != header.raw_size) {
+    return corrupt("stored and raw sizes differ on an uncompressed record: corrupt");
+  }
+
+  Record record;
+  record.type = static_cast<RecordType>(header.type);
+  record.major = header.major;
+  record.minor = header.minor;
+  record.offset = offset_;
+  record.stored_size = header.stored_size;
+  record.compressed = header.flags & kFrameZstd;
+  record.payload = kj::heapArray<capnp::word>(header.raw_size / sizeof(capnp::word));
+
+  std::vector<uint8_t> compressed;
+  uint8_t* target = reinterpret_cast<uint8_t*>(record.payload.begin());
+  if (record.compressed) {
+    compressed.resize(header.stored_size);
+    target = compressed.data();
+  }
+  got = TRY(source_.read(target, header.stored_size));
+  if (got < header.stored_size) {
+    return corrupt(
+        fmt::format("truncated: the {} record needs {} bytes but the stream ends after {}",
+                    record_type_name(record.type), header.stored_size, got));
+  }
+  if (frame_checksum(header, target, header.stored_size) != header.checksum) {
+    return corrupt(fmt::format("checksum mismatch in the {} record: the data is corrupt",
+                               record_type_name(record.type)));
+  }
+  if (record.compressed) {
+    size_t n = ZSTD_decompress(record.payload.begin(), header.raw_size, compressed.data(),
+                               compressed.size());
+    if (ZSTD_isError(n) || n != header.raw_size) {
+      return corrupt("zstd payload does not decompress to its declared size: corrupt");
+    }
+  }
+  offset_ += sizeof(header) + header.stored_size;
+  ++index_;
+  return std::optional<Record>(std::move(record));
+}
+
+}  // namespace vmctl::state

@@ -1,0 +1,192 @@
+// The record stream: the one byte format of snapshot files and the migration wire.
+//
+// A stream is a sequence of frames. Each frame is a fixed 40-byte little-endian header followed by
+// a payload:
+//
+//   offset size field
+//        0    4 magic "VMRC"
+//        4    2 record type (proto::state::RecordType)
+//        6    1 schema major of this record
+//        7    1 schema minor of this record
+//        8    4 flags (bit 0: payload is zstd-compressed)
+//       12    4 reserved, zero
+//       16    8 stored payload size (bytes in the stream)
+//       24    8 raw payload size (after decompression)
+//       32    8 XXH3-64 of bytes 0-31 of this header and the stored payload
+//
+// The payload is a Cap'n Proto message (flat array of segments) of the struct the type names.
+// The first record is a Header, the last a Trailer; a stream that ends before its Trailer is
+// truncated. See proto/state.capnp for the compatibility rule.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <capnp/message.h>
+#include <capnp/serialize.h>
+
+#include "base/error.h"
+#include "base/fd.h"
+#include "proto/state.capnp.h"
+
+namespace vmctl::state {
+
+using RecordType = proto::state::RecordType;
+
+inline constexpr uint32_t kFrameMagic = 0x43524d56;  // "VMRC" little endian
+inline constexpr size_t kFrameHeaderSize = 40;
+inline constexpr uint32_t kFrameZstd = 1u << 0;
+// No record is larger than this (memory records carry at most a few MiB); a frame claiming more is
+// corrupt, and refusing it bounds what a reader allocates for untrusted input.
+inline constexpr uint64_t kMaxRecordSize = 256ull << 20;
+
+uint16_t format_major();
+uint16_t format_minor();
+const char* record_type_name(RecordType type);
+
+struct FrameHeader {
+  uint32_t magic = kFrameMagic;
+  uint16_t type = 0;
+  uint8_t major = 0;
+  uint8_t minor = 0;
+  uint32_t flags = 0;
+  uint32_t reserved = 0;
+  uint64_t stored_size = 0;
+  uint64_t raw_size = 0;
+  uint64_t checksum = 0;
+};
+static_assert(sizeof(FrameHeader) == kFrameHeaderSize);
+
+// Where a stream goes. write() writes everything or fails.
+class ByteSink {
+ public:
+  virtual ~ByteSink() = default;
+  virtual Status write(const void* data, size_t len) = 0;
+};
+
+// Where a stream comes from. read() fills `len` bytes unless the stream ends first; it returns how
+// many it filled (0 at the end).
+class ByteSource {
+ public:
+  virtual ~ByteSource() = default;
+  virtual Result<size_t> read(void* data, size_t len) = 0;
+};
+
+// Writes a file atomically: bytes go to "<path>.tmp.<pid>", and commit() fsyncs it, renames it
+// over `path` and fsyncs the directory. Destroyed without commit() (an error, a crash of the
+// writer's logic), the temporary file is removed and `path` is untouched.
+class FileSink : public ByteSink {
+ public:
+  static Result<std::unique_ptr<FileSink>> create(const std::string& path);
+  ~FileSink() override;
+  Status write(const void* data, size_t len) override;
+  Status commit();
+  uint64_t bytes_written() const { return written_ + buffered_; }
+
+ private:
+  FileSink(std::string path, std::string tmp_path, Fd fd);
+  Status flush();
+
+  std::string path_, tmp_path_;
+  Fd fd_;
+  std::vector<uint8_t> buffer_;
+  size_t buffered_ = 0;
+  uint64_t written_ = 0;
+  bool committed_ = false;
+};
+
+class FileSource : public ByteSource {
+ public:
+  static Result<std::unique_ptr<FileSource>> open(const std::string& path);
+  Result<size_t> read(void* data, size_t len) override;
+  uint64_t size() const { return size_; }
+
+ private:
+  FileSource(std::string path, Fd fd, uint64_t size)
+      : path_(std::move(path)), fd_(std::move(fd)), size_(size) {}
+  std::string path_;
+  Fd fd_;
+  uint64_t size_;
+};
+
+// Appends to a growing buffer (tests, the migration sender's batching).
+class MemorySink : public ByteSink {
+ public:
+  Status write(const void* data, size_t len) override;
+  std::vector<uint8_t>& bytes() { return bytes_; }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+class MemorySource : public ByteSource {
+ public:
+  explicit MemorySource(std::vector<uint8_t> bytes) : bytes_(std::move(bytes)) {}
+  Result<size_t> read(void* data, size_t len) override;
+
+ private:
+  std::vector<uint8_t> bytes_;
+  size_t pos_ = 0;
+};
+
+struct WriterOptions {
+  // zstd level for memory records; 0 stores them uncompressed. Other records are small and are
+  // never compressed.
+  int compression_level = 1;
+};
+
+class RecordWriter {
+ public:
+  RecordWriter(ByteSink& sink, WriterOptions options) : sink_(sink), options_(options) {}
+
+  // Serializes and appends one record. `compress` asks for zstd (if the options allow it).
+  Status write(RecordType type, capnp::MessageBuilder& message, bool compress = false);
+  uint64_t records() const { return records_; }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  ByteSink& sink_;
+  WriterOptions options_;
+  uint64_t records_ = 0;
+  uint64_t bytes_ = 0;
+  std::vector<uint8_t> scratch_;
+};
+
+// One record as read: its header fields and the decompressed, checksum-verified payload.
+struct Record {
+  RecordType type;
+  uint8_t major = 0;
+  uint8_t minor = 0;
+  uint64_t offset = 0;       // of the frame header in the stream
+  uint64_t stored_size = 0;  // bytes in the stream
+  bool compressed = false;
+  kj::Array<capnp::word> payload;
+
+  // A reader over the payload; valid while this Record lives.
+  std::unique_ptr<capnp::FlatArrayMessageReader> message() const;
+};
+
+class RecordReader {
+ public:
+  // `name` is used in messages ("snapshot /tmp/a.snap", "migration stream from 10.0.0.2").
+  RecordReader(ByteSource& source, std::string name) : source_(source), name_(std::move(name)) {}
+
+  // The next record, std::nullopt at a clean end of stream, or an error naming what is wrong
+  // (truncation, corruption, a newer format) and where.
+  Result<std::optional<Record>> next();
+  uint64_t offset() const { return offset_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  Error corrupt(const std::string& what) const;
+
+  ByteSource& source_;
+  std::string name_;
+  uint64_t offset_ = 0;
+  uint64_t index_ = 0;
+};
+
+}  // namespace vmctl::state

@@ -1,0 +1,960 @@
+#include "state/vm_state.h"
+
+#include <cpuid.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <map>
+#include <random>
+
+#include <capnp/message.h>
+#include <fmt/format.h>
+
+#include "state/cpu_features.h"
+#include "state/lapic.h"
+#include "vmm/devices/cmos_rtc.h"
+#include "vmm/devices/serial.h"
+
+namespace vmctl::state {
+namespace {
+
+namespace ps = proto::state;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint64_t kPageSize = 4096;
+constexpr uint32_t kPagesPerRecord = 256;  // 1 MiB of memory per MemoryPages record
+constexpr uint32_t kMsrTscDeadline = 0x6e0;
+constexpr uint32_t kMsrApicBase = 0x1b;
+// MTRRs are not in KVM_GET_MSR_INDEX_LIST but are guest state (KVM-STATE.md).
+constexpr uint32_t kMtrrMsrs[] = {0x2ff, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a,
+                                  0x26b, 0x26c, 0x26d, 0x26e, 0x26f, 0x200, 0x201,
+                                  0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208,
+                                  0x209, 0x20a, 0x20b, 0x20c, 0x20d, 0x20e, 0x20f};
+
+std::string new_snapshot_id() {
+  std::random_device rd;
+  std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd() ^
+                      static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
+  return fmt::format("{:016x}{:016x}", rng(), rng());
+}
+
+bool page_is_zero(const uint8_t* page) {
+  const auto* words = reinterpret_cast<const uint64_t*>(page);
+  uint64_t acc = 0;
+  for (size_t i = 0; i < kPageSize / 8; i += 8) {
+    acc |= words[i] | words[i + 1] | words[i + 2] | words[i + 3] | words[i + 4] | words[i + 5] |
+           words[i + 6] | words[i + 7];
+    if (acc) return false;
+  }
+  return true;
+}
+
+// ------------------------------------------------------------------ header
+
+void fill_host_facts(vmm::Vm& vm, ps::HostFacts::Builder host) {
+  char hostname[256] = {};
+  gethostname(hostname, sizeof(hostname) - 1);
+  host.setHostname(hostname);
+  struct utsname uts {};
+  if (uname(&uts) == 0) host.setKernelRelease(uts.release);
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __get_cpuid(0, &eax, &ebx, &ecx, &edx);
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  host.setCpuVendor(vendor);
+  __get_cpuid(1, &eax, &ebx, &ecx, &edx);
+  uint32_t family = (eax >> 8) & 0xf, model = (eax >> 4) & 0xf;
+  if (family == 0xf) family += (eax >> 20) & 0xff;
+  if (family >= 6) model |= ((eax >> 16) & 0xf) << 4;
+  host.setCpuFamily(family);
+  host.setCpuModel(model);
+  host.setCpuStepping(eax & 0xf);
+  host.setKvmApiVersion(KVM_API_VERSION);
+  const std::pair<const char*, long> caps[] = {
+      {"KVM_CAP_IRQCHIP", KVM_CAP_IRQCHIP},
+      {"KVM_CAP_PIT2", KVM_CAP_PIT2},
+      {"KVM_CAP_XSAVE2", KVM_CAP_XSAVE2},
+      {"KVM_CAP_XCRS", KVM_CAP_XCRS},
+      {"KVM_CAP_VCPU_EVENTS", KVM_CAP_VCPU_EVENTS},
+      {"KVM_CAP_DEBUGREGS", KVM_CAP_DEBUGREGS},
+      {"KVM_CAP_ADJUST_CLOCK", KVM_CAP_ADJUST_CLOCK},
+      {"KVM_CAP_TSC_CONTROL", KVM_CAP_TSC_CONTROL},
+  };
+  auto list = host.initCapabilities(std::size(caps));
+  for (size_t i = 0; i < std::size(caps); ++i) {
+    list[i].setName(caps[i].first);
+    list[i].setValue(vm.kvm_system().check_extension(caps[i].second));
+  }
+  Result<uint32_t> khz = vm.vcpu(0).fd().get_tsc_khz();
+  host.setTscKhz(khz.ok() ? khz.value() : 0);
+}
+
+Status write_header(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options,
+                    const std::string& id) {
+  capnp::MallocMessageBuilder message;
+  auto header = message.initRoot<ps::Header>();
+  header.setFormatMajor(format_major());
+  header.setFormatMinor(format_minor());
+  header.setProducer("vmctl " VMCTL_VERSION);
+  header.setCreatedUnixNs(
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count()));
+  header.setKind(options.kind);
+  header.setSnapshotId(id);
+  auto guest = header.initGuest();
+  guest.setMemorySize(vm.memory().ram_size());
+  guest.setVcpuCount(vm.num_cpus());
+  auto regions = guest.initRegions(static_cast<unsigned>(vm.memory().regions().size()));
+  for (size_t i = 0; i < vm.memory().regions().size(); ++i) {
+    const vmm::MemoryRegion& r = vm.memory().regions()[i];
+    regions[i].setSlot(r.slot);
+    regions[i].setGuestPhys(r.guest_phys);
+    regions[i].setSize(r.size);
+  }
+  auto devices = guest.initDevices(2);
+  devices.set(0, "serial8250@0x3f8");
+  devices.set(1, "cmos-rtc@0x70");
+  guest.setCmdline(vm.config().boot.cmdline);
+  fill_host_facts(vm, header.initHost());
+  return writer.write(ps::RecordType::HEADER, message);
+}
+
+// ------------------------------------------------------------------ memory
+
+struct MemoryStats {
+  uint64_t pages = 0, zero_pages = 0;
+};
+
+class PageBatch {
+ public:
+  PageBatch(RecordWriter& writer, vmm::GuestMemory& memory, MemoryStats& stats)
+      : writer_(writer), memory_(memory), stats_(stats) {}
+
+  Status add(uint64_t frame) {
+    if (!runs_.empty() && runs_.back().first + runs_.back().second == frame) {
+      ++runs_.back().second;
+    } else {
+      runs_.emplace_back(frame, 1);
+    }
+    if (++pages_ == kPagesPerRecord) return flush();
+    return ok_status();
+  }
+
+  Status flush() {
+    if (pages_ == 0) return ok_status();
+    capnp::MallocMessageBuilder message(static_cast<unsigned>(pages_ * kPageSize / 8 + 1024));
+    auto record = message.initRoot<ps::MemoryPages>();
+    auto runs = record.initRuns(static_cast<unsigned>(runs_.size()));
+    auto data = record.initData(pages_ * kPageSize);
+    uint8_t* out = data.begin();
+    for (size_t i = 0; i < runs_.size(); ++i) {
+      runs[i].setFirstPage(runs_[i].first);
+      runs[i].setCount(runs_[i].second);
+      uint64_t len = uint64_t{runs_[i].second} * kPageSize;
+      std::memcpy(out, memory_.host_address(runs_[i].first * kPageSize, len), len);
+      out += len;
+    }
+    TRY(writer_.write(ps::RecordType::MEMORY_PAGES, message, /*compress=*/true));
+    stats_.pages += pages_;
+    runs_.clear();
+    pages_ = 0;
+    return ok_status();
+  }
+
+ private:
+  RecordWriter& writer_;
+  vmm::GuestMemory& memory_;
+  MemoryStats& stats_;
+  std::vector<std::pair<uint64_t, uint32_t>> runs_;
+  uint32_t pages_ = 0;
+};
+
+Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer) {
+  MemoryStats stats;
+  PageBatch batch(writer, vm.memory(), stats);
+  for (const vmm::MemoryRegion& region : vm.memory().regions()) {
+    const uint8_t* base = region.host.data();
+    for (uint64_t off = 0; off < region.size; off += kPageSize) {
+      if (page_is_zero(base + off)) {
+        ++stats.zero_pages;
+        continue;
+      }
+      TRY(batch.add((region.guest_phys + off) / kPageSize));
+    }
+  }
+  TRY(batch.flush());
+  return stats;
+}
+
+// ------------------------------------------------------------------ VM-level records
+
+void pic_to_record(const kvm_pic_state& p, ps::Pic::Builder out) {
+  out.setLastIrr(p.last_irr);
+  out.setIrr(p.irr);
+  out.setImr(p.imr);
+  out.setIsr(p.isr);
+  out.setPriorityAdd(p.priority_add);
+  out.setIrqBase(p.irq_base);
+  out.setReadRegSelect(p.read_reg_select);
+  out.setPoll(p.poll);
+  out.setSpecialMask(p.special_mask);
+  out.setInitState(p.init_state);
+  out.setAutoEoi(p.auto_eoi);
+  out.setRotateOnAutoEoi(p.rotate_on_auto_eoi);
+  out.setSpecialFullyNestedMode(p.special_fully_nested_mode);
+  out.setInit4(p.init4);
+  out.setElcr(p.elcr);
+  out.setElcrMask(p.elcr_mask);
+}
+
+kvm_pic_state pic_from_record(ps::Pic::Reader in) {
+  kvm_pic_state p{};
+  p.last_irr = in.getLastIrr();
+  p.irr = in.getIrr();
+  p.imr = in.getImr();
+  p.isr = in.getIsr();
+  p.priority_add = in.getPriorityAdd();
+  p.irq_base = in.getIrqBase();
+  p.read_reg_select = in.getReadRegSelect();
+  p.poll = in.getPoll();
+  p.special_mask = in.getSpecialMask();
+  p.init_state = in.getInitState();
+  p.auto_eoi = in.getAutoEoi();
+  p.rotate_on_auto_eoi = in.getRotateOnAutoEoi();
+  p.special_fully_nested_mode = in.getSpecialFullyNestedMode();
+  p.init4 = in.getInit4();
+  p.elcr = in.getElcr();
+  p.elcr_mask = in.getElcrMask();
+  return p;
+}
+
+Status write_vm_records(vmm::Vm& vm, RecordWriter& writer) {
+  vmm::kvm::VmFd& fd = vm.vm_fd();
+  {
+    capnp::MallocMessageBuilder message;
+    auto chip = message.initRoot<ps::Irqchip>();
+    kvm_irqchip master = TRY(fd.get_irqchip(KVM_IRQCHIP_PIC_MASTER));
+    kvm_irqchip slave = TRY(fd.get_irqchip(KVM_IRQCHIP_PIC_SLAVE));
+    kvm_irqchip ioapic = TRY(fd.get_irqchip(KVM_IRQCHIP_IOAPIC));
+    pic_to_record(master.chip.pic, chip.initPicMaster());
+    pic_to_record(slave.chip.pic, chip.initPicSlave());
+    auto io = chip.initIoapic();
+    io.setBaseAddress(ioapic.chip.ioapic.base_address);
+    io.setIoregsel(ioapic.chip.ioapic.ioregsel);
+    io.setId(ioapic.chip.ioapic.id);
+    io.setIrr(ioapic.chip.ioapic.irr);
+    auto redir = io.initRedirection(KVM_IOAPIC_NUM_PINS);
+    for (unsigned i = 0; i < KVM_IOAPIC_NUM_PINS; ++i) {
+      redir.set(i, ioapic.chip.ioapic.redirtbl[i].bits);
+    }
+    TRY(writer.write(ps::RecordType::IRQCHIP, message));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto pit = message.initRoot<ps::Pit>();
+    kvm_pit_state2 state = TRY(fd.get_pit2());
+    pit.setFlags(state.flags);
+    auto channels = pit.initChannels(3);
+    for (unsigned i = 0; i < 3; ++i) {
+      const kvm_pit_channel_state& c = state.channels[i];
+      auto out = channels[i];
+      out.setCount(c.count);
+      out.setLatchedCount(c.latched_count);
+      out.setCountLatched(c.count_latched);
+      out.setStatusLatched(c.status_latched);
+      out.setStatus(c.status);
+      out.setReadState(c.read_state);
+      out.setWriteState(c.write_state);
+      out.setWriteLatch(c.write_latch);
+      out.setRwMode(c.rw_mode);
+      out.setMode(c.mode);
+      out.setBcd(c.bcd);
+      out.setGate(c.gate);
+      out.setCountLoadTime(c.count_load_time);
+    }
+    TRY(writer.write(ps::RecordType::PIT, message));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto clock = message.initRoot<ps::Clock>();
+    kvm_clock_data data = TRY(fd.get_clock());
+    clock.setClock(data.clock);
+    clock.setFlags(data.flags);
+    clock.setRealtime(data.realtime);
+    clock.setHostTsc(data.host_tsc);
+    TRY(writer.write(ps::RecordType::CLOCK, message));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto device = message.initRoot<ps::Device>();
+    device.setName("serial8250@0x3f8");
+    vmm::Serial8250State s = vm.serial().save();
+    auto out = device.initSerial8250();
+    out.setIer(s.ier);
+    out.setLcr(s.lcr);
+    out.setMcr(s.mcr);
+    out.setScr(s.scr);
+    out.setDll(s.dll);
+    out.setDlm(s.dlm);
+    out.setFcr(s.fcr);
+    out.setThrePending(s.thre_pending);
+    out.setRxFifo(kj::arrayPtr(s.rx_fifo.data(), s.rx_fifo.size()));
+    TRY(writer.write(ps::RecordType::DEVICE, message));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    auto device = message.initRoot<ps::Device>();
+    device.setName("cmos-rtc@0x70");
+    vmm::CmosRtcState s = vm.rtc().save();
+    auto out = device.initCmosRtc();
+    out.setBytes(kj::arrayPtr(s.bytes.data(), s.bytes.size()));
+    out.setIndex(s.index);
+    TRY(writer.write(ps::RecordType::DEVICE, message));
+  }
+  return ok_status();
+}
+
+// ------------------------------------------------------------------ vCPU records
+
+void segment_to_record(const kvm_segment& s, ps::Segment::Builder out) {
+  out.setBase(s.base);
+  out.setLimit(s.limit);
+  out.setSelector(s.selector);
+  out.setType(s.type);
+  out.setPresent(s.present);
+  out.setDpl(s.dpl);
+  out.setDb(s.db);
+  out.setS(s.s);
+  out.setL(s.l);
+  out.setG(s.g);
+  out.setAvl(s.avl);
+  out.setUnusable(s.unusable);
+}
+
+kvm_segment segment_from_record(ps::Segment::Reader in) {
+  kvm_segment s{};
+  s.base = in.getBase();
+  s.limit = in.getLimit();
+  s.selector = in.getSelector();
+  s.type = in.getType();
+  s.present = in.getPresent();
+  s.dpl = in.getDpl();
+  s.db = in.getDb();
+  s.s = in.getS();
+  s.l = in.getL();
+  s.g = in.getG();
+  s.avl = in.getAvl();
+  s.unusable = in.getUnusable();
+  return s;
+}
+
+// The MSRs worth saving on this host: KVM's list plus the MTRRs, minus those this vCPU cannot
+// read, minus TSC_DEADLINE (it belongs to the LAPIC record and is restored after it).
+Result<std::vector<uint32_t>> saveable_msrs(vmm::Vm& vm) {
+  std::vector<uint32_t> candidates = TRY(vm.kvm_system().get_msr_index_list());
+  candidates.insert(candidates.end(), std::begin(kMtrrMsrs), std::end(kMtrrMsrs));
+  std::vector<uint32_t> out;
+  vmm::kvm::VcpuFd& probe = vm.vcpu(0).fd();
+  for (uint32_t index : candidates) {
+    if (index == kMsrTscDeadline || index == kMsrApicBase) continue;
+    if (std::find(out.begin(), out.end(), index) != out.end()) continue;
+    if (probe.get_msrs({index}).ok()) out.push_back(index);
+  }
+  return out;
+}
+
+Status write_vcpu(vmm::Vm& vm, unsigned index, const std::vector<uint32_t>& msr_indices,
+                  size_t xsave_size, RecordWriter& writer) {
+  vmm::kvm::VcpuFd& fd = vm.vcpu(index).fd();
+  auto context = [&](const char* what) { return fmt::format("saving vCPU {} {}", index, what); };
+  // MP state first: reading it may process a pending INIT/SIPI and move RIP.
+  kvm_mp_state mp = TRY_CTX(fd.get_mp_state(), context("MP state"));
+  kvm_regs regs = TRY_CTX(fd.get_regs(), context("registers"));
+  kvm_sregs sregs = TRY_CTX(fd.get_sregs(), context("special registers"));
+  kvm_xcrs xcrs = TRY_CTX(fd.get_xcrs(), context("XCRs"));
+  std::vector<uint8_t> xsave = TRY_CTX(fd.get_xsave2(xsave_size), context("XSAVE"));
+  kvm_debugregs dbg = TRY_CTX(fd.get_debugregs(), context("debug registers"));
+  std::vector<vmm::kvm::MsrEntry> msrs = TRY_CTX(fd.get_msrs(msr_indices), context("MSRs"));
+  kvm_vcpu_events events = TRY_CTX(fd.get_vcpu_events(), context("events"));
+  std::vector<vmm::CpuidEntry> cpuid = TRY_CTX(fd.get_cpuid2(), context("CPUID"));
+  Result<uint32_t> tsc_khz = fd.get_tsc_khz();
+  kvm_lapic_state lapic_page = TRY_CTX(fd.get_lapic(), context("local APIC"));
+  std::vector<vmm::kvm::MsrEntry> apic_msrs =
+      TRY_CTX(fd.get_msrs({kMsrApicBase, kMsrTscDeadline}), context("APIC MSRs"));
+
+  {
+    capnp::MallocMessageBuilder message;
+    auto v = message.initRoot<ps::Vcpu>();
+    v.setIndex(index);
+    v.setMpState(mp.mp_state);
+    auto r = v.initRegs();
+    r.setRax(regs.rax);
+    r.setRbx(regs.rbx);
+    r.setRcx(regs.rcx);
+    r.setRdx(regs.rdx);
+    r.setRsi(regs.rsi);
+    r.setRdi(regs.rdi);
+    r.setRsp(regs.rsp);
+    r.setRbp(regs.rbp);
+    r.setR8(regs.r8);
+    r.setR9(regs.r9);
+    r.setR10(regs.r10);
+    r.setR11(regs.r11);
+    r.setR12(regs.r12);
+    r.setR13(regs.r13);
+    r.setR14(regs.r14);
+    r.setR15(regs.r15);
+    r.setRip(regs.rip);
+    r.setRflags(regs.rflags);
+    auto s = v.initSregs();
+    segment_to_record(sregs.cs, s.initCs());
+    segment_to_record(sregs.ds, s.initDs());
+    segment_to_record(sregs.es, s.initEs());
+    segment_to_record(sregs.fs, s.initFs());
+    segment_to_record(sregs.gs, s.initGs());
+    segment_to_record(sregs.ss, s.initSs());
+    segment_to_record(sregs.tr, s.initTr());
+    segment_to_record(sregs.ldt, s.initLdt());
+    s.initGdt().setBase(sregs.gdt.base);
+    s.getGdt().setLimit(sregs.gdt.limit);
+    s.initIdt().setBase(sregs.idt.base);
+    s.getIdt().setLimit(sregs.idt.limit);
+    s.setCr0(sregs.cr0);
+    s.setCr2(sregs.cr2);
+    s.setCr3(sregs.cr3);
+    s.setCr4(sregs.cr4);
+    s.setCr8(sregs.cr8);
+    s.setEfer(sregs.efer);
+    s.setApicBase(sregs.apic_base);
+    auto bitmap = s.initInterruptBitmap(4);
+    for (unsigned i = 0; i < 4; ++i) bitmap.set(i, sregs.interrupt_bitmap[i]);
+    auto x = v.initXcrs(xcrs.nr_xcrs);
+    for (uint32_t i = 0; i < xcrs.nr_xcrs; ++i) {
+      x[i].setIndex(xcrs.xcrs[i].xcr);
+      x[i].setValue(xcrs.xcrs[i].value);
+    }
+    v.setXsave(kj::arrayPtr(xsave.data(), xsave.size()));
+    auto d = v.initDebugRegs();
+    auto db = d.initDb(4);
+    for (unsigned i = 0; i < 4; ++i) db.set(i, dbg.db[i]);
+    d.setDr6(dbg.dr6);
+    d.setDr7(dbg.dr7);
+    d.setFlags(dbg.flags);
+    auto m = v.initMsrs(static_cast<unsigned>(msrs.size()));
+    for (size_t i = 0; i < msrs.size(); ++i) {
+      m[i].setIndex(msrs[i].index);
+      m[i].setValue(msrs[i].value);
+    }
+    auto e = v.initEvents();
+    e.setExceptionInjected(events.exception.injected);
+    e.setExceptionNr(events.exception.nr);
+    e.setExceptionHasErrorCode(events.exception.has_error_code);
+    e.setExceptionPending(events.exception.pending);
+    e.setExceptionErrorCode(events.exception.error_code);
+    e.setInterruptInjected(events.interrupt.injected);
+    e.setInterruptNr(events.interrupt.nr);
+    e.setInterruptSoft(events.interrupt.soft);
+    e.setInterruptShadow(events.interrupt.shadow);
+    e.setNmiInjected(events.nmi.injected);
+    e.setNmiPending(events.nmi.pending);
+    e.setNmiMasked(events.nmi.masked);
+    e.setSipiVector(events.sipi_vector);
+    e.setFlags(events.flags);
+    e.setSmiSmm(events.smi.smm);
+    e.setSmiPending(events.smi.pending);
+    e.setSmiInsideNmi(events.smi.smm_inside_nmi);
+    e.setSmiLatchedInit(events.smi.latched_init);
+    e.setTripleFaultPending(events.triple_fault.pending);
+    e.setExceptionHasPayload(events.exception_has_payload);
+    e.setExceptionPayload(events.exception_payload);
+    auto c = v.initCpuid(static_cast<unsigned>(cpuid.size()));
+    for (size_t i = 0; i < cpuid.size(); ++i) {
+      c[i].setFunction(cpuid[i].function);
+      c[i].setIndex(cpuid[i].index);
+      c[i].setFlags(cpuid[i].flags);
+      c[i].setEax(cpuid[i].eax);
+      c[i].setEbx(cpuid[i].ebx);
+      c[i].setEcx(cpuid[i].ecx);
+      c[i].setEdx(cpuid[i].edx);
+    }
+    v.setTscKhz(tsc_khz.ok() ? tsc_khz.value() : 0);
+    TRY(writer.write(ps::RecordType::VCPU, message));
+  }
+  {
+    capnp::MallocMessageBuilder message;
+    LapicState lapic = decode_lapic(lapic_page, apic_msrs[0].value, apic_msrs[1].value,
+                                    /*x2apic_ids=*/false);
+    to_record(lapic, index, message.initRoot<ps::Lapic>());
+    TRY(writer.write(ps::RecordType::LAPIC, message));
+  }
+  return ok_status();
+}
+
+Status write_trailer(RecordWriter& writer, const MemoryStats& memory) {
+  capnp::MallocMessageBuilder message;
+  auto trailer = message.initRoot<ps::Trailer>();
+  trailer.setRecordCount(writer.records());
+  trailer.setMemoryPages(memory.pages);
+  trailer.setZeroPagesElided(memory.zero_pages);
+  return writer.write(ps::RecordType::TRAILER, message);
+}
+
+}  // namespace
+
+Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options) {
+  Clock::time_point start = Clock::now();
+  CaptureStats stats;
+  stats.snapshot_id = new_snapshot_id();
+  for (unsigned i = 0; i < vm.num_cpus(); ++i) {
+    // Tell a kvmclock guest it was stopped on purpose (no soft-lockup reports); EINVAL only means
+    // the guest does not use kvmclock.
+    (void)vm.vcpu(i).fd().kvmclock_ctrl();
+  }
+  TRY_CTX(write_header(vm, writer, options, stats.snapshot_id), "writing the header");
+  MemoryStats memory = TRY_CTX(write_memory(vm, writer), "writing guest memory");
+  TRY_CTX(write_vm_records(vm, writer), "writing VM state");
+  std::vector<uint32_t> msrs = TRY(saveable_msrs(vm));
+  int xsave_size = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
+  for (unsigned i = 0; i < vm.num_cpus(); ++i) {
+    TRY(write_vcpu(vm, i, msrs, xsave_size > 0 ? static_cast<size_t>(xsave_size) : 0, writer));
+  }
+  TRY(write_trailer(writer, memory));
+  stats.records = writer.records();
+  stats.bytes = writer.bytes();
+  stats.pages = memory.pages;
+  stats.zero_pages = memory.zero_pages;
+  stats.duration = Clock::now() - start;
+  return stats;
+}
+
+Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
+                                   const SnapshotOptions& options) {
+  std::unique_ptr<FileSink> sink = TRY(FileSink::create(path));
+  vm.pause();
+  auto result = [&]() -> Result<CaptureStats> {
+    RecordWriter writer(*sink, WriterOptions{options.compression_level});
+    CaptureStats stats = TRY(capture_vm(vm, writer, CaptureOptions{}));
+    TRY_CTX(sink->commit(), fmt::format("writing snapshot {}", path));
+    return stats;
+  }();
+  if (!options.leave_paused || !result.ok()) vm.resume();
+  if (!result.ok()) return std::move(result).error().with_context(fmt::format("snapshot {}", path));
+  return result;
+}
+
+// ------------------------------------------------------------------ restore
+
+namespace {
+
+struct PendingVcpu {
+  std::optional<Record> vcpu;
+  std::optional<Record> lapic;
+};
+
+Status apply_memory(vmm::GuestMemory& memory, ps::MemoryPages::Reader pages, RecordReader& reader) {
+  auto data = pages.getData();
+  uint64_t offset = 0;
+  for (auto run : pages.getRuns()) {
+    uint64_t len = uint64_t{run.getCount()} * kPageSize;
+    uint64_t gpa = run.getFirstPage() * kPageSize;
+    if (run.getFirstPage() > (~0ull / kPageSize) || offset + len > data.size()) {
+      return Error::user(
+          fmt::format("{}: memory record runs describe more pages than it carries", reader.name()));
+    }
+    uint8_t* host = memory.host_address(gpa, len);
+    if (!host) {
+      return Error::user(
+          fmt::format("{}: memory record writes guest-physical 0x{:x}+0x{:x}, outside guest RAM",
+                      reader.name(), gpa, len));
+    }
+    std::memcpy(host, data.begin() + offset, len);
+    offset += len;
+  }
+  if (offset != data.size()) {
+    return Error::user(fmt::format("{}: memory record carries {} bytes its runs do not describe",
+                                   reader.name(), data.size() - offset));
+  }
+  return ok_status();
+}
+
+Status restore_vm_records(vmm::Vm& vm, const std::map<int, std::vector<Record>>& records) {
+  vmm::kvm::VmFd& fd = vm.vm_fd();
+  auto find = [&](ps::RecordType t) -> const std::vector<Record>* {
+    auto it = records.find(static_cast<int>(t));
+    return it == records.end() ? nullptr : &it->second;
+  };
+  if (auto* pits = find(ps::RecordType::PIT)) {
+    auto msg = pits->front().message();
+    auto pit = msg->getRoot<ps::Pit>();
+    kvm_pit_state2 state{};
+    state.flags = pit.getFlags();
+    for (unsigned i = 0; i < pit.getChannels().size() && i < 3; ++i) {
+      auto c = pit.getChannels()[i];
+      kvm_pit_channel_state& s = state.channels[i];
+      s.count = c.getCount();
+      s.latched_count = c.getLatchedCount();
+      s.count_latched = c.getCountLatched();
+      s.status_latched = c.getStatusLatched();
+      s.status = c.getStatus();
+      s.read_state = c.getReadState();
+      s.write_state = c.getWriteState();
+      s.write_latch = c.getWriteLatch();
+      s.rw_mode = c.getRwMode();
+      s.mode = c.getMode();
+      s.bcd = c.getBcd();
+      s.gate = c.getGate();
+      s.count_load_time = c.getCountLoadTime();
+    }
+    TRY_CTX(fd.set_pit2(state), "restoring the PIT");
+  }
+  if (auto* clocks = find(ps::RecordType::CLOCK)) {
+    auto msg = clocks->front().message();
+    auto clock = msg->getRoot<ps::Clock>();
+    kvm_clock_data data{};
+    data.clock = clock.getClock();
+    // The guest's clock resumes where it was saved: time spent in the file is not guest time.
+    data.flags = 0;
+    TRY_CTX(fd.set_clock(data), "restoring kvmclock");
+  }
+  if (auto* chips = find(ps::RecordType::IRQCHIP)) {
+    auto msg = chips->front().message();
+    auto chip = msg->getRoot<ps::Irqchip>();
+    kvm_irqchip master{}, slave{}, ioapic{};
+    master.chip_id = KVM_IRQCHIP_PIC_MASTER;
+    master.chip.pic = pic_from_record(chip.getPicMaster());
+    slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
+    slave.chip.pic = pic_from_record(chip.getPicSlave());
+    ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
+    auto io = chip.getIoapic();
+    ioapic.chip.ioapic.base_address = io.getBaseAddress();
+    ioapic.chip.ioapic.ioregsel = io.getIoregsel();
+    ioapic.chip.ioapic.id = io.getId();
+    ioapic.chip.ioapic.irr = io.getIrr();
+    for (unsigned i = 0; i < io.getRedirection().size() && i < KVM_IOAPIC_NUM_PINS; ++i) {
+      ioapic.chip.ioapic.redirtbl[i].bits = io.getRedirection()[i];
+    }
+    TRY_CTX(fd.set_irqchip(master), "restoring the master PIC");
+    TRY_CTX(fd.set_irqchip(slave), "restoring the slave PIC");
+    TRY_CTX(fd.set_irqchip(ioapic), "restoring the IOAPIC");
+  }
+  if (auto* devices = find(ps::RecordType::DEVICE)) {
+    for (const Record& r : *devices) {
+      auto msg = r.message();
+      auto device = msg->getRoot<ps::Device>();
+      if (device.isSerial8250()) {
+        auto s = device.getSerial8250();
+        vmm::Serial8250State state;
+        state.ier = s.getIer();
+        state.lcr = s.getLcr();
+        state.mcr = s.getMcr();
+        state.scr = s.getScr();
+        state.dll = s.getDll();
+        state.dlm = s.getDlm();
+        state.fcr = s.getFcr();
+        state.thre_pending = s.getThrePending();
+        state.rx_fifo.assign(s.getRxFifo().begin(), s.getRxFifo().end());
+        vm.serial().restore(state);
+      } else if (device.isCmosRtc()) {
+        auto c = device.getCmosRtc();
+        vmm::CmosRtcState state;
+        auto bytes = c.getBytes();
+        std::memcpy(state.bytes.data(), bytes.begin(), std::min<size_t>(bytes.size(), 128));
+        state.index = c.getIndex();
+        vm.rtc().restore(state);
+      }
+      // Devices this version does not know come from a newer minor version: skip them.
+    }
+  }
+  return ok_status();
+}
+
+// The restore order KVM needs (see KVM-STATE.md): TSC rate before any TSC write; CPUID first of
+// the CPU state; MP state, registers, special registers, XCRs before XSAVE, debug registers; the
+// LAPIC before MSRs; TSC_DEADLINE after the LAPIC and the TSC in its own call; events last.
+Status restore_vcpu(vmm::Vm& vm, const Record& vcpu_record, const Record& lapic_record,
+                    const std::vector<vmm::CpuidEntry>& host_cpuid) {
+  auto vmsg = vcpu_record.message();
+  auto v = vmsg->getRoot<ps::Vcpu>();
+  auto lmsg = lapic_record.message();
+  auto l = lmsg->getRoot<ps::Lapic>();
+  unsigned index = v.getIndex();
+  vmm::kvm::VcpuFd& fd = vm.vcpu(index).fd();
+  auto context = [&](const char* what) { return fmt::format("restoring vCPU {} {}", index, what); };
+
+  LapicState lapic = from_record(l);
+  TRY(validate_lapic(lapic, index));
+
+  std::vector<vmm::CpuidEntry> cpuid;
+  for (auto e : v.getCpuid()) {
+    cpuid.push_back(vmm::CpuidEntry{e.getFunction(), e.getIndex(), e.getFlags(), e.getEax(),
+                                    e.getEbx(), e.getEcx(), e.getEdx()});
+  }
+  std::vector<std::string> missing = missing_cpu_features(cpuid, host_cpuid);
+  if (!missing.empty()) {
+    std::string list;
+    for (const std::string& m : missing) list += (list.empty() ? "" : ", ") + m;
+    return Error::user(fmt::format(
+        "this host's CPU (as KVM exposes it) lacks features the guest was given: {}; restore on a "
+        "host that has them",
+        list));
+  }
+
+  if (v.getTscKhz() != 0) {
+    Result<uint32_t> current = fd.get_tsc_khz();
+    if (current.ok() && current.value() != v.getTscKhz()) {
+      TRY_CTX(fd.set_tsc_khz(v.getTscKhz()),
+              fmt::format("restoring vCPU {} TSC rate {} kHz (this host runs at {} kHz and cannot "
+                          "scale the guest's TSC)",
+                          index, v.getTscKhz(), current.value()));
+    }
+  }
+  TRY_CTX(fd.set_cpuid2(cpuid), context("CPUID"));
+
+  kvm_mp_state mp{};
+  mp.mp_state = v.getMpState();
+  TRY_CTX(fd.set_mp_state(mp), context("MP state"));
+
+  auto r = v.getRegs();
+  kvm_regs regs{};
+  regs.rax = r.getRax();
+  regs.rbx = r.getRbx();
+  regs.rcx = r.getRcx();
+  regs.rdx = r.getRdx();
+  regs.rsi = r.getRsi();
+  regs.rdi = r.getRdi();
+  regs.rsp = r.getRsp();
+  regs.rbp = r.getRbp();
+  regs.r8 = r.getR8();
+  regs.r9 = r.getR9();
+  regs.r10 = r.getR10();
+  regs.r11 = r.getR11();
+  regs.r12 = r.getR12();
+  regs.r13 = r.getR13();
+  regs.r14 = r.getR14();
+  regs.r15 = r.getR15();
+  regs.rip = r.getRip();
+  regs.rflags = r.getRflags();
+  TRY_CTX(fd.set_regs(regs), context("registers"));
+
+  auto s = v.getSregs();
+  kvm_sregs sregs{};
+  sregs.cs = segment_from_record(s.getCs());
+  sregs.ds = segment_from_record(s.getDs());
+  sregs.es = segment_from_record(s.getEs());
+  sregs.fs = segment_from_record(s.getFs());
+  sregs.gs = segment_from_record(s.getGs());
+  sregs.ss = segment_from_record(s.getSs());
+  sregs.tr = segment_from_record(s.getTr());
+  sregs.ldt = segment_from_record(s.getLdt());
+  sregs.gdt.base = s.getGdt().getBase();
+  sregs.gdt.limit = s.getGdt().getLimit();
+  sregs.idt.base = s.getIdt().getBase();
+  sregs.idt.limit = s.getIdt().getLimit();
+  sregs.cr0 = s.getCr0();
+  sregs.cr2 = s.getCr2();
+  sregs.cr3 = s.getCr3();
+  sregs.cr4 = s.getCr4();
+  sregs.cr8 = s.getCr8();
+  sregs.efer = s.getEfer();
+  sregs.apic_base = s.getApicBase();
+  for (unsigned i = 0; i < s.getInterruptBitmap().size() && i < 4; ++i) {
+    sregs.interrupt_bitmap[i] = s.getInterruptBitmap()[i];
+  }
+  TRY_CTX(fd.set_sregs(sregs), context("special registers"));
+
+  kvm_xcrs xcrs{};
+  xcrs.nr_xcrs = std::min<uint32_t>(v.getXcrs().size(), KVM_MAX_XCRS);
+  for (uint32_t i = 0; i < xcrs.nr_xcrs; ++i) {
+    xcrs.xcrs[i].xcr = v.getXcrs()[i].getIndex();
+    xcrs.xcrs[i].value = v.getXcrs()[i].getValue();
+  }
+  TRY_CTX(fd.set_xcrs(xcrs), context("XCRs"));
+  auto xsave_data = v.getXsave();
+  std::vector<uint8_t> xsave(xsave_data.begin(), xsave_data.end());
+  int host_xsave = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
+  if (host_xsave > 0 && xsave.size() < static_cast<size_t>(host_xsave)) xsave.resize(host_xsave);
+  TRY_CTX(fd.set_xsave(xsave), context("XSAVE"));
+
+  auto d = v.getDebugRegs();
+  kvm_debugregs dbg{};
+  for (unsigned i = 0; i < d.getDb().size() && i < 4; ++i) dbg.db[i] = d.getDb()[i];
+  dbg.dr6 = d.getDr6();
+  dbg.dr7 = d.getDr7();
+  dbg.flags = d.getFlags();
+  TRY_CTX(fd.set_debugregs(dbg), context("debug registers"));
+
+  // The APIC base MSR decides the LAPIC's mode; KVM_SET_SREGS set it above. Then the page.
+  TRY_CTX(fd.set_lapic(encode_lapic(lapic, /*x2apic_ids=*/false)), context("local APIC"));
+
+  std::vector<vmm::kvm::MsrEntry> msrs;
+  for (auto m : v.getMsrs()) msrs.push_back(vmm::kvm::MsrEntry{m.getIndex(), m.getValue()});
+  TRY_CTX(fd.set_msrs(msrs), context("MSRs"));
+  if (lapic.tsc_deadline != 0) {
+    TRY_CTX(fd.set_msrs({vmm::kvm::MsrEntry{kMsrTscDeadline, lapic.tsc_deadline}}),
+            context("TSC deadline"));
+  }
+
+  auto e = v.getEvents();
+  kvm_vcpu_events events{};
+  events.exception.injected = e.getExceptionInjected();
+  events.exception.nr = e.getExceptionNr();
+  events.exception.has_error_code = e.getExceptionHasErrorCode();
+  events.exception.pending = e.getExceptionPending();
+  events.exception.error_code = e.getExceptionErrorCode();
+  events.interrupt.injected = e.getInterruptInjected();
+  events.interrupt.nr = e.getInterruptNr();
+  events.interrupt.soft = e.getInterruptSoft();
+  events.interrupt.shadow = e.getInterruptShadow();
+  events.nmi.injected = e.getNmiInjected();
+  events.nmi.pending = e.getNmiPending();
+  events.nmi.masked = e.getNmiMasked();
+  events.sipi_vector = e.getSipiVector();
+  // Only the validity flags that need no capability this VM has not enabled.
+  events.flags = e.getFlags() & (KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR |
+                                 KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM);
+  events.smi.smm = e.getSmiSmm();
+  events.smi.pending = e.getSmiPending();
+  events.smi.smm_inside_nmi = e.getSmiInsideNmi();
+  events.smi.latched_init = e.getSmiLatchedInit();
+  TRY_CTX(fd.set_vcpu_events(events), context("events"));
+
+  // PPR is derived state: check KVM derived the same value from the restored TPR and ISR.
+  kvm_lapic_state after = TRY_CTX(fd.get_lapic(), context("local APIC (verifying)"));
+  LapicState restored = decode_lapic(after, lapic.apic_base, 0, false);
+  uint8_t expected = derive_ppr(lapic.tpr, lapic.isr);
+  if (restored.ppr != expected) {
+    return Error::failure(fmt::format(
+        "restoring vCPU {} local APIC: KVM reports PPR 0x{:02x} but TPR 0x{:02x} and ISR give "
+        "0x{:02x}",
+        index, restored.ppr, lapic.tpr, expected));
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
+                                            StreamInfo* info_out) {
+  std::optional<Record> first = TRY(reader.next());
+  if (!first) return Error::user(fmt::format("{} is empty", reader.name()));
+  if (first->type != ps::RecordType::HEADER) {
+    return Error::user(fmt::format("{}: the first record is {}, not a header", reader.name(),
+                                   record_type_name(first->type)));
+  }
+  StreamInfo info;
+  vmm::VmConfig config;
+  {
+    auto msg = first->message();
+    auto header = msg->getRoot<ps::Header>();
+    info.major = header.getFormatMajor();
+    info.minor = header.getFormatMinor();
+    if (info.major > format_major()) {
+      return Error::user(fmt::format(
+          "{}: written by state format {}.{}, but this vmctl reads format {}.x: upgrade vmctl",
+          reader.name(), info.major, info.minor, format_major()));
+    }
+    info.producer = header.getProducer();
+    info.snapshot_id = header.getSnapshotId();
+    info.parent_id = header.getParentId();
+    info.kind = header.getKind();
+    info.memory_size = header.getGuest().getMemorySize();
+    info.vcpus = header.getGuest().getVcpuCount();
+    info.cmdline = header.getGuest().getCmdline();
+  }
+  if (info.kind == ps::StreamKind::DIFF_SNAPSHOT) {
+    return Error::user(
+        fmt::format("{} is a diff snapshot (parent {}): restore it through its chain",
+                    reader.name(), info.parent_id));
+  }
+  config.memory_size = info.memory_size;
+  config.num_cpus = info.vcpus;
+  config.boot.cmdline = info.cmdline;
+  config.console_output = options.console_output;
+  config.for_restore = true;
+  std::unique_ptr<vmm::Vm> vm = TRY_CTX(vmm::Vm::create(config), "creating the VM to restore into");
+
+  std::map<int, std::vector<Record>> records;
+  std::map<unsigned, PendingVcpu> vcpus;
+  bool trailer = false;
+  uint64_t count = 1;
+  while (!trailer) {
+    std::optional<Record> record = TRY(reader.next());
+    if (!record) {
+      return Error::user(
+          fmt::format("{}: truncated: the stream ends after {} records without its trailer",
+                      reader.name(), count));
+    }
+    ++count;
+    auto msg = record->message();
+    switch (record->type) {
+      case ps::RecordType::MEMORY_PAGES:
+        TRY(apply_memory(vm->memory(), msg->getRoot<ps::MemoryPages>(), reader));
+        break;
+      case ps::RecordType::VCPU: {
+        unsigned index = msg->getRoot<ps::Vcpu>().getIndex();
+        if (index >= vm->num_cpus()) {
+          return Error::user(fmt::format("{}: vCPU record {} but the header says {} vCPUs",
+                                         reader.name(), index, vm->num_cpus()));
+        }
+        vcpus[index].vcpu = std::move(record);
+        break;
+      }
+      case ps::RecordType::LAPIC: {
+        unsigned index = msg->getRoot<ps::Lapic>().getVcpuIndex();
+        if (index >= vm->num_cpus()) {
+          return Error::user(
+              fmt::format("{}: LAPIC record for vCPU {} but the header says {} vCPUs",
+                          reader.name(), index, vm->num_cpus()));
+        }
+        vcpus[index].lapic = std::move(record);
+        break;
+      }
+      case ps::RecordType::TRAILER:
+        trailer = true;
+        break;
+      case ps::RecordType::HEADER:
+        return Error::user(fmt::format("{}: a second header inside the stream", reader.name()));
+      default: {
+        int type = static_cast<int>(record->type);
+        records[type].push_back(std::move(*record));
+        break;
+      }
+    }
+  }
+  // What this host offers: KVM's supported table, and what a vCPU configured from it actually
+  // reports (some hosts' KVM widens the table it was given, and the guest sees that).
+  std::vector<vmm::CpuidEntry> supported = TRY(vm->kvm_system().get_supported_cpuid());
+  std::vector<vmm::CpuidEntry> effective = TRY(vm->vcpu(0).fd().get_cpuid2());
+  std::vector<vmm::CpuidEntry> host_cpuid = supported;
+  for (vmm::CpuidEntry& e : host_cpuid) {
+    if (const vmm::CpuidEntry* w = vmm::find_cpuid(effective, e.function, e.index)) {
+      e.eax |= w->eax;
+      e.ebx |= w->ebx;
+      e.ecx |= w->ecx;
+      e.edx |= w->edx;
+    }
+  }
+  for (unsigned i = 0; i < vm->num_cpus(); ++i) {
+    auto it = vcpus.find(i);
+    if (it == vcpus.end() || !it->second.vcpu || !it->second.lapic) {
+      return Error::user(fmt::format("{}: no vCPU or LAPIC record for vCPU {}", reader.name(), i));
+    }
+    TRY(restore_vcpu(*vm, *it->second.vcpu, *it->second.lapic, host_cpuid));
+  }
+  TRY(restore_vm_records(*vm, records));
+  if (info_out) *info_out = info;
+  return vm;
+}
+
+Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::string& path,
+                                                  const RestoreOptions& options, StreamInfo* info) {
+  std::unique_ptr<FileSource> source = TRY(FileSource::open(path));
+  RecordReader reader(*source, fmt::format("snapshot {}", path));
+  return restore_vm(reader, options, info);
+}
+
+}  // namespace vmctl::state

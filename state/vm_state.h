@@ -1,0 +1,71 @@
+// Capture and restore of a whole VM as a record stream (see stream.h for the framing and
+// proto/state.capnp for the records).
+//
+// Stream order: Header, MemoryPages..., then the VM-level records (Irqchip, Pit, Clock, Device),
+// one Vcpu and one Lapic record per vCPU, and the Trailer. Memory comes first so a receiver can
+// write pages into guest RAM as they arrive and buffer only the small CPU and device records.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "base/error.h"
+#include "state/stream.h"
+#include "vmm/vm.h"
+
+namespace vmctl::state {
+
+struct CaptureOptions {
+  proto::state::StreamKind kind = proto::state::StreamKind::FULL_SNAPSHOT;
+};
+
+struct CaptureStats {
+  uint64_t records = 0;
+  uint64_t bytes = 0;
+  uint64_t pages = 0;       // non-zero pages written
+  uint64_t zero_pages = 0;  // elided
+  std::string snapshot_id;
+  std::chrono::nanoseconds duration{0};
+};
+
+// Writes the VM's complete state. The VM must be paused (the caller holds a PauseGuard).
+Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options);
+
+struct SnapshotOptions {
+  int compression_level = 1;  // zstd level for memory; 0 = off
+  bool leave_paused = false;  // `vmctl snapshot --stop`
+};
+
+// Pauses the VM, writes a full snapshot to `path` atomically (temporary file, fsync, rename) and
+// resumes it unless asked not to. On any error the previous file at `path` is untouched.
+Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
+                                   const SnapshotOptions& options);
+
+// What a stream's header says about the machine it describes.
+struct StreamInfo {
+  uint16_t major = 0, minor = 0;
+  std::string producer;
+  std::string snapshot_id, parent_id;
+  proto::state::StreamKind kind = proto::state::StreamKind::FULL_SNAPSHOT;
+  uint64_t memory_size = 0;
+  unsigned vcpus = 0;
+  std::string cmdline;
+};
+
+struct RestoreOptions {
+  std::function<void(const uint8_t*, size_t)> console_output;
+};
+
+// Reads a whole stream and builds a VM in its state, not yet started. Bad input (truncated,
+// corrupt, newer format, a CPU that lacks features the guest uses, inconsistent LAPIC state) is a
+// user error naming what is wrong; a partly restored VM is destroyed.
+Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
+                                            StreamInfo* info = nullptr);
+
+Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::string& path,
+                                                  const RestoreOptions& options,
+                                                  StreamInfo* info = nullptr);
+
+}  // namespace vmctl::state

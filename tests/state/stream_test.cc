@@ -1,0 +1,170 @@
+#include "state/stream.h"
+
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace vmctl::state {
+namespace {
+
+namespace ps = proto::state;
+
+std::vector<uint8_t> write_stream(int compression = 1) {
+  MemorySink sink;
+  RecordWriter writer(sink, WriterOptions{compression});
+  {
+    capnp::MallocMessageBuilder m;
+    auto h = m.initRoot<ps::Header>();
+    h.setFormatMajor(format_major());
+    h.setProducer("test");
+    EXPECT_TRUE(writer.write(ps::RecordType::HEADER, m).ok());
+  }
+  {
+    capnp::MallocMessageBuilder m;
+    auto pages = m.initRoot<ps::MemoryPages>();
+    auto runs = pages.initRuns(1);
+    runs[0].setFirstPage(256);
+    runs[0].setCount(2);
+    auto data = pages.initData(8192);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i / 64);
+    EXPECT_TRUE(writer.write(ps::RecordType::MEMORY_PAGES, m, true).ok());
+  }
+  {
+    capnp::MallocMessageBuilder m;
+    m.initRoot<ps::Trailer>().setRecordCount(2);
+    EXPECT_TRUE(writer.write(ps::RecordType::TRAILER, m).ok());
+  }
+  return std::move(sink.bytes());
+}
+
+// Reads records until the end or an error; returns the error message or "".
+std::string read_all(std::vector<uint8_t> bytes, size_t* count = nullptr) {
+  MemorySource source(std::move(bytes));
+  RecordReader reader(source, "test stream");
+  size_t n = 0;
+  while (true) {
+    Result<std::optional<Record>> r = reader.next();
+    if (!r.ok()) return r.error().message();
+    if (!r.value()) break;
+    ++n;
+  }
+  if (count) *count = n;
+  return "";
+}
+
+TEST(RecordStream, RoundTripsRecordsAndCompressesMemory) {
+  std::vector<uint8_t> bytes = write_stream();
+  MemorySource source(bytes);
+  RecordReader reader(source, "test stream");
+  auto header = reader.next();
+  ASSERT_TRUE(header.ok() && header.value());
+  EXPECT_EQ(header.value()->type, ps::RecordType::HEADER);
+  EXPECT_EQ(header.value()->message()->getRoot<ps::Header>().getProducer(), "test");
+  auto pages = reader.next();
+  ASSERT_TRUE(pages.ok() && pages.value());
+  EXPECT_TRUE(pages.value()->compressed) << "a repetitive page compresses";
+  EXPECT_LT(pages.value()->stored_size, 8192u);
+  auto msg = pages.value()->message();
+  auto data = msg->getRoot<ps::MemoryPages>().getData();
+  ASSERT_EQ(data.size(), 8192u);
+  EXPECT_EQ(data[8191], 8191 / 64);
+  auto trailer = reader.next();
+  ASSERT_TRUE(trailer.ok() && trailer.value());
+  auto end = reader.next();
+  ASSERT_TRUE(end.ok());
+  EXPECT_FALSE(end.value());
+}
+
+TEST(RecordStream, CompressionOffStoresRawPayloads) {
+  std::vector<uint8_t> bytes = write_stream(0);
+  MemorySource source(bytes);
+  RecordReader reader(source, "test");
+  ASSERT_TRUE(reader.next().ok());
+  auto pages = reader.next();
+  ASSERT_TRUE(pages.ok() && pages.value());
+  EXPECT_FALSE(pages.value()->compressed);
+}
+
+TEST(RecordStream, EveryFlippedByteIsDetected) {
+  std::vector<uint8_t> good = write_stream();
+  size_t records = 0;
+  ASSERT_EQ(read_all(good, &records), "");
+  ASSERT_EQ(records, 3u);
+  for (size_t i = 0; i < good.size(); ++i) {
+    std::vector<uint8_t> bad = good;
+    bad[i] ^= 0x20;
+    size_t n = 0;
+    std::string error = read_all(bad, &n);
+    EXPECT_FALSE(error.empty()) << "flipping byte " << i << " went unnoticed";
+  }
+}
+
+TEST(RecordStream, TruncationIsNamed) {
+  std::vector<uint8_t> good = write_stream();
+  for (size_t cut : {size_t{10}, size_t{60}, good.size() - 41}) {
+    std::vector<uint8_t> bad(good.begin(), good.begin() + cut);
+    std::string error = read_all(bad);
+    EXPECT_NE(error.find("truncated"), std::string::npos) << cut << ": " << error;
+  }
+}
+
+TEST(RecordStream, NewerMajorIsRefusedNamingBothVersions) {
+  std::vector<uint8_t> bytes = write_stream();
+  bytes[6] = static_cast<uint8_t>(format_major() + 1);
+  bytes[7] = 3;
+  std::string error = read_all(bytes);
+  EXPECT_NE(error.find(fmt::format("format {}.3", format_major() + 1)), std::string::npos) << error;
+  EXPECT_NE(error.find(fmt::format("reads format {}.x", format_major())), std::string::npos)
+      << error;
+  EXPECT_NE(error.find("upgrade"), std::string::npos) << error;
+}
+
+TEST(RecordStream, GarbageIsNotAStream) {
+  std::vector<uint8_t> garbage(4096, 0x5a);
+  EXPECT_NE(read_all(garbage).find("not a vmctl state stream"), std::string::npos);
+}
+
+TEST(RecordStream, AbsurdSizesAreRefusedBeforeAllocating) {
+  std::vector<uint8_t> bytes = write_stream();
+  uint64_t huge = uint64_t{1} << 40;
+  std::memcpy(bytes.data() + 16, &huge, 8);
+  std::memcpy(bytes.data() + 24, &huge, 8);
+  EXPECT_NE(read_all(bytes).find("more than any record can hold"), std::string::npos);
+}
+
+TEST(FileSink, UncommittedFileLeavesNothingAndKeepsTheOldFile) {
+  std::string path = ::testing::TempDir() + "/sink-test.snap";
+  {
+    auto sink = FileSink::create(path);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE((*sink)->write("old", 3).ok());
+    ASSERT_TRUE((*sink)->commit().ok());
+  }
+  {
+    auto sink = FileSink::create(path);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE((*sink)->write("new data", 8).ok());
+    // destroyed without commit: a failed snapshot
+  }
+  FILE* f = fopen(path.c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  char buf[16] = {};
+  size_t n = fread(buf, 1, sizeof(buf), f);
+  fclose(f);
+  EXPECT_EQ(std::string(buf, n), "old");
+  EXPECT_NE(access((path + ".tmp." + std::to_string(getpid())).c_str(), F_OK), 0)
+      << "temporary file left behind";
+}
+
+TEST(FileSink, UnwritableDirectoryIsAClearError) {
+  auto sink = FileSink::create("/nonexistent-dir/x.snap");
+  ASSERT_FALSE(sink.ok());
+  EXPECT_NE(sink.error().message().find("/nonexistent-dir/x.snap"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace vmctl::state
