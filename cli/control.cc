@@ -140,6 +140,8 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
     state::SnapshotOptions options;
     options.compression_level = request.value("compression", 1);
     options.leave_paused = request.value("stop", false);
+    options.diff = request.value("diff", false);
+    options.tracker = &dirty_;
     spdlog::info("snapshot to {} requested", path);
     Result<state::CaptureStats> stats = state::save_snapshot(vm_, path, options);
     if (!stats.ok()) return {{"ok", false}, {"error", stats.error().message()}};

@@ -1,6 +1,6 @@
 // The control socket of a foreground VM (`vmctl run --control PATH`, `vmctl restore --control`):
 // a unix socket that accepts one JSON request per connection and answers with one JSON line.
-// Requests: {"op":"snapshot","path":P,"stop":bool,"compression":N}, {"op":"pause"},
+// Requests: {"op":"snapshot","path":P,"stop":bool,"diff":bool,"compression":N}, {"op":"pause"},
 // {"op":"resume"}, {"op":"status"}. Answers: {"ok":true,...} or {"ok":false,"error":"..."}.
 // The socket file is created with mode 0600: only its owner may drive the VM.
 #pragma once
@@ -13,6 +13,7 @@
 
 #include "base/error.h"
 #include "base/fd.h"
+#include "state/dirty_tracker.h"
 #include "vmm/vm.h"
 
 namespace vmctl::cli {
@@ -36,6 +37,7 @@ class ControlServer {
   Fd wake_;  // eventfd that ends serve()
   std::thread thread_;
   bool paused_by_us_ = false;
+  state::DirtyTracker dirty_;  // for --diff snapshots
 };
 
 // Sends one request to the control socket at `path` and returns the parsed answer (an error if the

@@ -31,6 +31,9 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.snapshot->add_option("--control", o.control, "The VM's control socket (vmctl run --control)")
       ->required();
   c.snapshot->add_flag("--stop", o.stop, "Leave the VM paused afterwards (vmctl resume continues)");
+  c.snapshot->add_flag(
+      "--diff", o.diff,
+      "Write only the pages dirtied since this VM's previous snapshot (its parent)");
   c.snapshot->add_option("--compression", o.compression, "zstd level for memory (0 = uncompressed)")
       ->capture_default_str()
       ->check(CLI::Range(0, 19));
@@ -38,13 +41,18 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.snapshot->footer(
       "The VM pauses while its state is written and resumes after (unless --stop). The file is\n"
       "written under a temporary name, fsynced and renamed: a failure never leaves half a\n"
-      "snapshot in place or damages an older one.\n\n"
+      "snapshot in place or damages an older one. After a snapshot the VM tracks the pages it\n"
+      "dirties, so the next one can be a --diff naming this one as its parent.\n\n"
       "Example:\n"
       "  vmctl run --control /run/vm1.sock &\n"
-      "  vmctl snapshot --control /run/vm1.sock vm1.snap");
+      "  vmctl snapshot --control /run/vm1.sock base.snap\n"
+      "  vmctl snapshot --control /run/vm1.sock --diff d1.snap\n"
+      "  vmctl restore base.snap d1.snap");
 
   c.restore = app.add_subcommand("restore", "Start a VM in this process from a snapshot file");
-  c.restore->add_option("file", o.file, "Snapshot file")->required()->check(CLI::ExistingFile);
+  c.restore->add_option("files", o.chain, "A full snapshot, then its diff snapshots in order")
+      ->required()
+      ->check(CLI::ExistingFile);
   c.restore->add_flag("--paused", o.paused,
                       "Restore but do not run the vCPUs until `vmctl resume --control`");
   c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
@@ -72,8 +80,11 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
 }
 
 int snapshot_command(const StateOptions& o) {
-  nlohmann::json request = {
-      {"op", "snapshot"}, {"path", o.file}, {"stop", o.stop}, {"compression", o.compression}};
+  nlohmann::json request = {{"op", "snapshot"},
+                            {"path", o.file},
+                            {"stop", o.stop},
+                            {"diff", o.diff},
+                            {"compression", o.compression}};
   // The VM process writes the file: give it an absolute path.
   if (!o.file.empty() && o.file[0] != '/') {
     char cwd[4096];
@@ -85,8 +96,8 @@ int snapshot_command(const StateOptions& o) {
   if (o.json) {
     std::printf("%s\n", a.dump().c_str());
   } else {
-    std::printf("snapshot %s: %s in %.2f s (%llu records, %llu pages, %llu zero pages elided)%s\n",
-                a["path"].get<std::string>().c_str(),
+    std::printf("%s %s: %s in %.2f s (%llu records, %llu pages, %llu zero pages elided)%s\n",
+                o.diff ? "diff snapshot" : "snapshot", a["path"].get<std::string>().c_str(),
                 format_size(a["bytes"].get<uint64_t>()).c_str(), a["seconds"].get<double>(),
                 static_cast<unsigned long long>(a["records"].get<uint64_t>()),
                 static_cast<unsigned long long>(a["pages"].get<uint64_t>()),
@@ -102,12 +113,14 @@ int restore_command(const StateOptions& o) {
   options.console_output = write_stdout;
   state::StreamInfo info;
   auto start = std::chrono::steady_clock::now();
-  Result<std::unique_ptr<vmm::Vm>> vm = state::restore_snapshot(o.file, options, &info);
+  Result<std::unique_ptr<vmm::Vm>> vm = state::restore_snapshot(o.chain, options, &info);
   if (!vm.ok()) return fail(vm.error());
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!o.quiet) {
+    std::string files;
+    for (const std::string& f : o.chain) files += (files.empty() ? "" : " + ") + f;
     std::fprintf(stderr, "vmctl: restored %s (%s, %u vCPU%s) in %.2f s%s; Ctrl-C stops it\n",
-                 o.file.c_str(), format_size(info.memory_size).c_str(), info.vcpus,
+                 files.c_str(), format_size(info.memory_size).c_str(), info.vcpus,
                  info.vcpus == 1 ? "" : "s", seconds,
                  o.paused ? ", paused until `vmctl resume`" : "");
   }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -10,6 +11,8 @@ namespace vmctl::cli {
 
 struct StateOptions {
   std::string file;
+  std::vector<std::string> chain;  // restore: a full snapshot and its diffs
+  bool diff = false;
   std::string control;
   bool stop = false;
   bool paused = false;

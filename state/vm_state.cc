@@ -105,6 +105,7 @@ Status write_header(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& opt
                                 .count()));
   header.setKind(options.kind);
   header.setSnapshotId(id);
+  header.setParentId(options.parent_id);
   auto guest = header.initGuest();
   guest.setMemorySize(vm.memory().ram_size());
   guest.setVcpuCount(vm.num_cpus());
@@ -173,12 +174,35 @@ class PageBatch {
   uint32_t pages_ = 0;
 };
 
-Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer) {
+Status write_dirty_log(vmm::Vm& vm, RecordWriter& writer, const DirtyBitmaps& dirty) {
+  capnp::MallocMessageBuilder message;
+  auto log = message.initRoot<ps::DirtyLog>();
+  const auto& regions = vm.memory().regions();
+  auto out = log.initRegions(static_cast<unsigned>(regions.size()));
+  for (size_t i = 0; i < regions.size(); ++i) {
+    uint64_t pages = regions[i].size / kPageSize;
+    out[i].setSlot(regions[i].slot);
+    out[i].setGuestPhys(regions[i].guest_phys);
+    out[i].setPages(pages);
+    std::vector<uint64_t> runs = encode_runs(dirty[i], pages);
+    auto list = out[i].initRuns(static_cast<unsigned>(runs.size()));
+    for (size_t k = 0; k < runs.size(); ++k) list.set(static_cast<unsigned>(k), runs[k]);
+  }
+  return writer.write(ps::RecordType::DIRTY_LOG, message, /*compress=*/true);
+}
+
+// Full streams: every non-zero page. Diff streams: the dirty-log record, then the dirty pages
+// that are not zero (a dirty page no record carries is zero).
+Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer, const DirtyBitmaps* dirty) {
   MemoryStats stats;
+  if (dirty) TRY(write_dirty_log(vm, writer, *dirty));
   PageBatch batch(writer, vm.memory(), stats);
-  for (const vmm::MemoryRegion& region : vm.memory().regions()) {
+  const auto& regions = vm.memory().regions();
+  for (size_t r = 0; r < regions.size(); ++r) {
+    const vmm::MemoryRegion& region = regions[r];
     const uint8_t* base = region.host.data();
-    for (uint64_t off = 0; off < region.size; off += kPageSize) {
+    for (uint64_t off = 0, page = 0; off < region.size; off += kPageSize, ++page) {
+      if (dirty && !test_bit((*dirty)[r], page)) continue;
       if (page_is_zero(base + off)) {
         ++stats.zero_pages;
         continue;
@@ -515,7 +539,7 @@ Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const Capture
     (void)vm.vcpu(i).fd().kvmclock_ctrl();
   }
   TRY_CTX(write_header(vm, writer, options, stats.snapshot_id), "writing the header");
-  MemoryStats memory = TRY_CTX(write_memory(vm, writer), "writing guest memory");
+  MemoryStats memory = TRY_CTX(write_memory(vm, writer, options.dirty), "writing guest memory");
   TRY_CTX(write_vm_records(vm, writer), "writing VM state");
   std::vector<uint32_t> msrs = TRY(saveable_msrs(vm));
   int xsave_size = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
@@ -533,12 +557,24 @@ Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const Capture
 
 Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
                                    const SnapshotOptions& options) {
+  if (options.diff && (!options.tracker || !options.tracker->active())) {
+    return Error::user(fmt::format(
+        "snapshot {}: no parent to diff against: take a full snapshot of this VM first", path));
+  }
   std::unique_ptr<FileSink> sink = TRY(FileSink::create(path));
   vm.pause();
   auto result = [&]() -> Result<CaptureStats> {
     RecordWriter writer(*sink, WriterOptions{options.compression_level});
-    CaptureStats stats = TRY(capture_vm(vm, writer, CaptureOptions{}));
+    CaptureOptions capture;
+    if (options.diff) {
+      capture.kind = proto::state::StreamKind::DIFF_SNAPSHOT;
+      capture.parent_id = options.tracker->parent_id();
+      capture.dirty = TRY(options.tracker->collect(vm));
+    }
+    CaptureStats stats = TRY(capture_vm(vm, writer, capture));
     TRY_CTX(sink->commit(), fmt::format("writing snapshot {}", path));
+    // Durable: the next diff is relative to this snapshot.
+    if (options.tracker) TRY(options.tracker->restart(vm, stats.snapshot_id));
     return stats;
   }();
   if (!options.leave_paused || !result.ok()) vm.resume();
@@ -837,19 +873,110 @@ Status restore_vcpu(vmm::Vm& vm, const Record& vcpu_record, const Record& lapic_
 
 }  // namespace
 
-Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
-                                            StreamInfo* info_out) {
-  std::optional<Record> first = TRY(reader.next());
-  if (!first) return Error::user(fmt::format("{} is empty", reader.name()));
-  if (first->type != ps::RecordType::HEADER) {
-    return Error::user(fmt::format("{}: the first record is {}, not a header", reader.name(),
-                                   record_type_name(first->type)));
+namespace {
+
+// Zeroes the pages a diff stream's dirty log names; the stream's memory records then rewrite
+// those that are not zero.
+Status apply_dirty_log(vmm::GuestMemory& memory, ps::DirtyLog::Reader log, RecordReader& reader) {
+  for (auto region : log.getRegions()) {
+    uint64_t pages = region.getPages();
+    if (pages > (~0ull / kPageSize) ||
+        !memory.host_address(region.getGuestPhys(), pages * kPageSize)) {
+      return Error::user(
+          fmt::format("{}: dirty log names a region outside guest RAM", reader.name()));
+    }
+    std::vector<uint64_t> runs;
+    for (uint64_t run : region.getRuns()) runs.push_back(run);
+    std::vector<uint64_t> bitmap =
+        TRY_CTX(decode_runs(runs, pages), fmt::format("{}: dirty log", reader.name()));
+    uint8_t* base = memory.host_address(region.getGuestPhys(), pages * kPageSize);
+    for (uint64_t p = 0; p < pages; ++p) {
+      if (test_bit(bitmap, p)) std::memset(base + p * kPageSize, 0, kPageSize);
+    }
   }
-  StreamInfo info;
-  vmm::VmConfig config;
-  {
-    auto msg = first->message();
+  return ok_status();
+}
+
+// Builds a VM from one stream or a chain of them: the first creates the VM and fills memory,
+// each diff rewrites the pages it names, and the CPU and device state of the last is applied.
+class Restorer {
+ public:
+  explicit Restorer(const RestoreOptions& options) : options_(options) {}
+
+  Status read(RecordReader& reader) {
+    std::optional<Record> first = TRY(reader.next());
+    if (!first) return Error::user(fmt::format("{} is empty", reader.name()));
+    if (first->type != ps::RecordType::HEADER) {
+      return Error::user(fmt::format("{}: the first record is {}, not a header", reader.name(),
+                                     record_type_name(first->type)));
+    }
+    StreamInfo info = TRY(read_header(*first, reader));
+    if (!vm_) {
+      if (info.kind == ps::StreamKind::DIFF_SNAPSHOT) {
+        return Error::user(fmt::format(
+            "{} is a diff snapshot of {}: restore its whole chain (vmctl restore BASE DIFF...)",
+            reader.name(), info.parent_id));
+      }
+      vmm::VmConfig config;
+      config.memory_size = info.memory_size;
+      config.num_cpus = info.vcpus;
+      config.boot.cmdline = info.cmdline;
+      config.console_output = options_.console_output;
+      config.for_restore = true;
+      vm_ = TRY_CTX(vmm::Vm::create(config), "creating the VM to restore into");
+    } else {
+      if (info.kind != ps::StreamKind::DIFF_SNAPSHOT) {
+        return Error::user(fmt::format(
+            "{} is a full snapshot: only diff snapshots can follow the first file", reader.name()));
+      }
+      if (info.parent_id != info_.snapshot_id) {
+        return Error::user(fmt::format("{} is a diff of {}, not of the file before it ({})",
+                                       reader.name(), info.parent_id, info_.snapshot_id));
+      }
+      if (info.memory_size != info_.memory_size || info.vcpus != info_.vcpus) {
+        return Error::user(
+            fmt::format("{} describes a different machine than its parent", reader.name()));
+      }
+    }
+    info_ = info;
+    records_.clear();
+    vcpus_.clear();
+    return read_records(reader);
+  }
+
+  Result<std::unique_ptr<vmm::Vm>> finish() {
+    vmm::Vm& vm = *vm_;
+    // What this host offers: KVM's supported table, and what a vCPU configured from it actually
+    // reports (some hosts' KVM widens the table it was given, and the guest sees that).
+    std::vector<vmm::CpuidEntry> supported = TRY(vm.kvm_system().get_supported_cpuid());
+    std::vector<vmm::CpuidEntry> effective = TRY(vm.vcpu(0).fd().get_cpuid2());
+    std::vector<vmm::CpuidEntry> host_cpuid = supported;
+    for (vmm::CpuidEntry& e : host_cpuid) {
+      if (const vmm::CpuidEntry* w = vmm::find_cpuid(effective, e.function, e.index)) {
+        e.eax |= w->eax;
+        e.ebx |= w->ebx;
+        e.ecx |= w->ecx;
+        e.edx |= w->edx;
+      }
+    }
+    for (unsigned i = 0; i < vm.num_cpus(); ++i) {
+      auto it = vcpus_.find(i);
+      if (it == vcpus_.end() || !it->second.vcpu || !it->second.lapic) {
+        return Error::user(fmt::format("no vCPU or LAPIC record for vCPU {}", i));
+      }
+      TRY(restore_vcpu(vm, *it->second.vcpu, *it->second.lapic, host_cpuid));
+    }
+    TRY(restore_vm_records(vm, records_));
+    return std::move(vm_);
+  }
+
+  const StreamInfo& info() const { return info_; }
+
+ private:
+  Result<StreamInfo> read_header(const Record& record, RecordReader& reader) {
+    auto msg = record.message();
     auto header = msg->getRoot<ps::Header>();
+    StreamInfo info;
     info.major = header.getFormatMajor();
     info.minor = header.getFormatMinor();
     if (info.major > format_major()) {
@@ -864,97 +991,88 @@ Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreO
     info.memory_size = header.getGuest().getMemorySize();
     info.vcpus = header.getGuest().getVcpuCount();
     info.cmdline = header.getGuest().getCmdline();
+    return info;
   }
-  if (info.kind == ps::StreamKind::DIFF_SNAPSHOT) {
-    return Error::user(
-        fmt::format("{} is a diff snapshot (parent {}): restore it through its chain",
-                    reader.name(), info.parent_id));
-  }
-  config.memory_size = info.memory_size;
-  config.num_cpus = info.vcpus;
-  config.boot.cmdline = info.cmdline;
-  config.console_output = options.console_output;
-  config.for_restore = true;
-  std::unique_ptr<vmm::Vm> vm = TRY_CTX(vmm::Vm::create(config), "creating the VM to restore into");
 
-  std::map<int, std::vector<Record>> records;
-  std::map<unsigned, PendingVcpu> vcpus;
-  bool trailer = false;
-  uint64_t count = 1;
-  while (!trailer) {
-    std::optional<Record> record = TRY(reader.next());
-    if (!record) {
-      return Error::user(
-          fmt::format("{}: truncated: the stream ends after {} records without its trailer",
-                      reader.name(), count));
-    }
-    ++count;
-    auto msg = record->message();
-    switch (record->type) {
-      case ps::RecordType::MEMORY_PAGES:
-        TRY(apply_memory(vm->memory(), msg->getRoot<ps::MemoryPages>(), reader));
-        break;
-      case ps::RecordType::VCPU: {
-        unsigned index = msg->getRoot<ps::Vcpu>().getIndex();
-        if (index >= vm->num_cpus()) {
-          return Error::user(fmt::format("{}: vCPU record {} but the header says {} vCPUs",
-                                         reader.name(), index, vm->num_cpus()));
+  Status read_records(RecordReader& reader) {
+    uint64_t count = 1;
+    while (true) {
+      std::optional<Record> record = TRY(reader.next());
+      if (!record) {
+        return Error::user(
+            fmt::format("{}: truncated: the stream ends after {} records without its trailer",
+                        reader.name(), count));
+      }
+      ++count;
+      auto msg = record->message();
+      switch (record->type) {
+        case ps::RecordType::MEMORY_PAGES:
+          TRY(apply_memory(vm_->memory(), msg->getRoot<ps::MemoryPages>(), reader));
+          break;
+        case ps::RecordType::DIRTY_LOG:
+          TRY(apply_dirty_log(vm_->memory(), msg->getRoot<ps::DirtyLog>(), reader));
+          break;
+        case ps::RecordType::VCPU: {
+          unsigned index = msg->getRoot<ps::Vcpu>().getIndex();
+          if (index >= vm_->num_cpus()) {
+            return Error::user(fmt::format("{}: vCPU record {} but the header says {} vCPUs",
+                                           reader.name(), index, vm_->num_cpus()));
+          }
+          vcpus_[index].vcpu = std::move(record);
+          break;
         }
-        vcpus[index].vcpu = std::move(record);
-        break;
-      }
-      case ps::RecordType::LAPIC: {
-        unsigned index = msg->getRoot<ps::Lapic>().getVcpuIndex();
-        if (index >= vm->num_cpus()) {
-          return Error::user(
-              fmt::format("{}: LAPIC record for vCPU {} but the header says {} vCPUs",
-                          reader.name(), index, vm->num_cpus()));
+        case ps::RecordType::LAPIC: {
+          unsigned index = msg->getRoot<ps::Lapic>().getVcpuIndex();
+          if (index >= vm_->num_cpus()) {
+            return Error::user(
+                fmt::format("{}: LAPIC record for vCPU {} but the header says {} vCPUs",
+                            reader.name(), index, vm_->num_cpus()));
+          }
+          vcpus_[index].lapic = std::move(record);
+          break;
         }
-        vcpus[index].lapic = std::move(record);
-        break;
-      }
-      case ps::RecordType::TRAILER:
-        trailer = true;
-        break;
-      case ps::RecordType::HEADER:
-        return Error::user(fmt::format("{}: a second header inside the stream", reader.name()));
-      default: {
-        int type = static_cast<int>(record->type);
-        records[type].push_back(std::move(*record));
-        break;
+        case ps::RecordType::TRAILER:
+          return ok_status();
+        case ps::RecordType::HEADER:
+          return Error::user(fmt::format("{}: a second header inside the stream", reader.name()));
+        default:
+          // Irqchip, PIT, clock, devices; record types from a newer minor are kept and ignored.
+          records_[static_cast<int>(record->type)].push_back(std::move(*record));
+          break;
       }
     }
   }
-  // What this host offers: KVM's supported table, and what a vCPU configured from it actually
-  // reports (some hosts' KVM widens the table it was given, and the guest sees that).
-  std::vector<vmm::CpuidEntry> supported = TRY(vm->kvm_system().get_supported_cpuid());
-  std::vector<vmm::CpuidEntry> effective = TRY(vm->vcpu(0).fd().get_cpuid2());
-  std::vector<vmm::CpuidEntry> host_cpuid = supported;
-  for (vmm::CpuidEntry& e : host_cpuid) {
-    if (const vmm::CpuidEntry* w = vmm::find_cpuid(effective, e.function, e.index)) {
-      e.eax |= w->eax;
-      e.ebx |= w->ebx;
-      e.ecx |= w->ecx;
-      e.edx |= w->edx;
-    }
-  }
-  for (unsigned i = 0; i < vm->num_cpus(); ++i) {
-    auto it = vcpus.find(i);
-    if (it == vcpus.end() || !it->second.vcpu || !it->second.lapic) {
-      return Error::user(fmt::format("{}: no vCPU or LAPIC record for vCPU {}", reader.name(), i));
-    }
-    TRY(restore_vcpu(*vm, *it->second.vcpu, *it->second.lapic, host_cpuid));
-  }
-  TRY(restore_vm_records(*vm, records));
-  if (info_out) *info_out = info;
+
+  const RestoreOptions& options_;
+  std::unique_ptr<vmm::Vm> vm_;
+  StreamInfo info_;
+  std::map<int, std::vector<Record>> records_;
+  std::map<unsigned, PendingVcpu> vcpus_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
+                                            StreamInfo* info) {
+  Restorer restorer(options);
+  TRY(restorer.read(reader));
+  std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
+  if (info) *info = restorer.info();
   return vm;
 }
 
-Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::string& path,
+Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::vector<std::string>& chain,
                                                   const RestoreOptions& options, StreamInfo* info) {
-  std::unique_ptr<FileSource> source = TRY(FileSource::open(path));
-  RecordReader reader(*source, fmt::format("snapshot {}", path));
-  return restore_vm(reader, options, info);
+  if (chain.empty()) return Error::user("no snapshot file given");
+  Restorer restorer(options);
+  for (const std::string& path : chain) {
+    std::unique_ptr<FileSource> source = TRY(FileSource::open(path));
+    RecordReader reader(*source, fmt::format("snapshot {}", path));
+    TRY(restorer.read(reader));
+  }
+  std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
+  if (info) *info = restorer.info();
+  return vm;
 }
 
 }  // namespace vmctl::state

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "base/error.h"
+#include "state/dirty_tracker.h"
 #include "state/stream.h"
 #include "vmm/vm.h"
 
@@ -19,6 +20,9 @@ namespace vmctl::state {
 
 struct CaptureOptions {
   proto::state::StreamKind kind = proto::state::StreamKind::FULL_SNAPSHOT;
+  std::string parent_id;
+  // For diff streams: only these pages are written (a DirtyLog record lists them first).
+  const DirtyBitmaps* dirty = nullptr;
 };
 
 struct CaptureStats {
@@ -36,6 +40,10 @@ Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const Capture
 struct SnapshotOptions {
   int compression_level = 1;  // zstd level for memory; 0 = off
   bool leave_paused = false;  // `vmctl snapshot --stop`
+  // Pages dirtied since the previous snapshot; after this snapshot it tracks from here. With
+  // `diff`, only those pages are written and the snapshot names the previous one as its parent.
+  DirtyTracker* tracker = nullptr;
+  bool diff = false;
 };
 
 // Pauses the VM, writes a full snapshot to `path` atomically (temporary file, fsync, rename) and
@@ -64,7 +72,9 @@ struct RestoreOptions {
 Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
                                             StreamInfo* info = nullptr);
 
-Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::string& path,
+// Restores a full snapshot followed by any number of diff snapshots, each the child of the one
+// before it (checked by snapshot id).
+Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::vector<std::string>& chain,
                                                   const RestoreOptions& options,
                                                   StreamInfo* info = nullptr);
 

@@ -168,3 +168,23 @@ TEST(FileSink, UnwritableDirectoryIsAClearError) {
 
 }  // namespace
 }  // namespace vmctl::state
+
+#include "state/dirty_tracker.h"
+
+namespace vmctl::state {
+namespace {
+
+TEST(DirtyRuns, RoundTripAlternatingCleanAndDirty) {
+  std::vector<uint64_t> bitmap(3, 0);
+  for (uint64_t p : {0, 1, 2, 70, 71, 130, 150}) bitmap[p / 64] |= 1ull << (p % 64);
+  std::vector<uint64_t> runs = encode_runs(bitmap, 160);
+  EXPECT_EQ(runs, (std::vector<uint64_t>{0, 3, 67, 2, 58, 1, 19, 1, 9}));
+  auto back = decode_runs(runs, 160);
+  ASSERT_TRUE(back.ok());
+  EXPECT_EQ(*back, bitmap);
+  EXPECT_FALSE(decode_runs({0, 3, 200}, 160).ok()) << "runs past the region";
+  EXPECT_FALSE(decode_runs({0, 3}, 160).ok()) << "runs short of the region";
+}
+
+}  // namespace
+}  // namespace vmctl::state

@@ -107,7 +107,10 @@ static void tss_init(unsigned cpu) {
 /* The boot protocols hand over the command line and the memory map differently. */
 static void read_boot_info(uint32_t magic, uint32_t info) {
   const char* cmdline = 0;
-  if (magic == MULTIBOOT_MAGIC) {
+  /* The PVH start_info carries its own magic; check it first because some PVH boot paths (QEMU's
+   * microvm firmware) leave the multiboot magic in EAX. */
+  int pvh = info && *(const uint32_t*)(uint64_t)info == PVH_MAGIC;
+  if (!pvh && magic == MULTIBOOT_MAGIC) {
     rt_boot_protocol = "multiboot";
     const uint32_t* mb = (const uint32_t*)(uint64_t)info;
     if (mb[0] & (1u << 2)) cmdline = (const char*)(uint64_t)mb[4];
@@ -123,7 +126,7 @@ static void read_boot_info(uint32_t magic, uint32_t info) {
     } else if (mb[0] & 1u) {
       rt_ram_top = 0x100000 + (uint64_t)mb[2] * 1024;
     }
-  } else if (*(const uint32_t*)(uint64_t)info == PVH_MAGIC) {
+  } else if (pvh) {
     const uint8_t* si = (const uint8_t*)(uint64_t)info;
     cmdline = (const char*)*(const uint64_t*)(si + 24);
     const uint8_t* map = (const uint8_t*)*(const uint64_t*)(si + 40);
