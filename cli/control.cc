@@ -141,6 +141,7 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
     options.compression_level = request.value("compression", 1);
     options.leave_paused = request.value("stop", false);
     options.diff = request.value("diff", false);
+    options.memory_file = request.value("memory_file", "");
     options.tracker = &dirty_;
     spdlog::info("snapshot to {} requested", path);
     Result<state::CaptureStats> stats = state::save_snapshot(vm_, path, options);

@@ -37,6 +37,9 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.snapshot->add_option("--compression", o.compression, "zstd level for memory (0 = uncompressed)")
       ->capture_default_str()
       ->check(CLI::Range(0, 19));
+  c.snapshot->add_option("--memory-file", o.memory_file,
+                         "Write guest RAM raw to this file (zero pages as holes) instead of into "
+                         "the snapshot, so `vmctl restore --lazy` can map it");
   c.snapshot->add_flag("--json", o.json, "Print the result as JSON");
   c.snapshot->footer(
       "The VM pauses while its state is written and resumes after (unless --stop). The file is\n"
@@ -47,7 +50,9 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
       "  vmctl run --control /run/vm1.sock &\n"
       "  vmctl snapshot --control /run/vm1.sock base.snap\n"
       "  vmctl snapshot --control /run/vm1.sock --diff d1.snap\n"
-      "  vmctl restore base.snap d1.snap");
+      "  vmctl restore base.snap d1.snap\n"
+      "  vmctl snapshot --control /run/vm1.sock --memory-file vm1.mem vm1.snap\n"
+      "  vmctl restore --lazy vm1.snap");
 
   c.restore = app.add_subcommand("restore", "Start a VM in this process from a snapshot file");
   c.restore->add_option("files", o.chain, "A full snapshot, then its diff snapshots in order")
@@ -57,6 +62,13 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "Restore but do not run the vCPUs until `vmctl resume --control`");
   c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
   c.restore->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics at the end");
+  c.restore->add_flag("--lazy", o.lazy,
+                      "Map the snapshot's memory file (snapshot --memory-file) instead of reading "
+                      "it: restore time does not grow with RAM, pages load as the guest touches "
+                      "them. The memory file must stay in place while the VM runs.");
+  c.restore->add_flag("--strict-tsc", o.strict_tsc,
+                      "Refuse to restore when this host cannot run the guest's TSC at its saved "
+                      "rate (default: warn and use the host's rate)");
   c.restore->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
   c.restore->footer(
       "The guest continues where the snapshot was taken, console on this terminal.\n\n"
@@ -85,11 +97,14 @@ int snapshot_command(const StateOptions& o) {
                             {"stop", o.stop},
                             {"diff", o.diff},
                             {"compression", o.compression}};
-  // The VM process writes the file: give it an absolute path.
-  if (!o.file.empty() && o.file[0] != '/') {
+  // The VM process writes the files: give it absolute paths.
+  auto absolute = [](const std::string& path) {
     char cwd[4096];
-    if (getcwd(cwd, sizeof(cwd))) request["path"] = std::string(cwd) + "/" + o.file;
-  }
+    if (path.empty() || path[0] == '/' || !getcwd(cwd, sizeof(cwd))) return path;
+    return std::string(cwd) + "/" + path;
+  };
+  request["path"] = absolute(o.file);
+  if (!o.memory_file.empty()) request["memory_file"] = absolute(o.memory_file);
   Result<nlohmann::json> answer = control_request(o.control, request);
   if (!answer.ok()) return fail(answer.error());
   const nlohmann::json& a = *answer;
@@ -111,6 +126,8 @@ int restore_command(const StateOptions& o) {
   block_stop_signals();
   state::RestoreOptions options;
   options.console_output = write_stdout;
+  options.lazy = o.lazy;
+  options.strict_tsc = o.strict_tsc;
   state::StreamInfo info;
   auto start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<vmm::Vm>> vm = state::restore_snapshot(o.chain, options, &info);

@@ -20,6 +20,9 @@ struct StateOptions {
   bool stats = false;
   bool quiet = false;
   int compression = 1;
+  std::string memory_file;  // snapshot: guest RAM to this raw file
+  bool lazy = false;        // restore: map the memory file
+  bool strict_tsc = false;
 };
 
 struct StateCommands {

@@ -16,13 +16,20 @@
 #     formatMinor = 0).
 #   - A reader accepts every minor of its own major and refuses a newer major with a message naming
 #     both versions. Older majors are read by keeping their decoder (see state/README.md).
+#   - A record old readers must not skip (skipping it would restore a different machine) is written
+#     with the REQUIRED frame flag: a reader that does not know its type refuses the stream and
+#     says to upgrade, instead of ignoring it. Readers also refuse frame flags they do not know.
 #   Field ordinals are never reused.
+#
+# HISTORY
+#   1.0  first format
+#   1.1  memoryFile record (guest RAM in a separate raw file, for lazy restore), REQUIRED flag
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("vmctl::proto::state");
 
 const formatMajor :UInt16 = 1;
-const formatMinor :UInt16 = 0;
+const formatMinor :UInt16 = 1;
 
 # The 16-bit record type in each frame header.
 enum RecordType {
@@ -36,6 +43,7 @@ enum RecordType {
   device @7;
   memoryPages @8;
   dirtyLog @9;
+  memoryFile @10;   # 1.1; written REQUIRED
 }
 
 # ------------------------------------------------------------------ header and trailer
@@ -340,6 +348,18 @@ struct CmosRtc {
 struct MemoryPages {
   runs @0 :List(PageRun);
   data @1 :Data;
+}
+
+# Full snapshots written with a memory file (`vmctl snapshot --memory-file`) carry guest RAM in
+# that file instead of MemoryPages records, so restore can map it (`vmctl restore --lazy`). The
+# file is a 4 KiB header (magic "VMCTLMEM", version, RAM size, the snapshot id of the stream it
+# belongs to) followed by the regions' bytes back to back in region order; all-zero pages are
+# holes. This record comes right after the header, before anything that needs guest RAM.
+struct MemoryFile {
+  path @0 :Text;               # relative paths are relative to the snapshot file's directory
+  ramSize @1 :UInt64;
+  headerSize @2 :UInt64;       # where region 0 starts in the file
+  fileSize @3 :UInt64;         # header + RAM; checked before mapping (a short file would fault)
 }
 
 struct PageRun {

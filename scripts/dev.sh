@@ -2,6 +2,7 @@
 # One entry point for a fresh Debian 12 machine (as root):
 #   scripts/dev.sh run [vmctl run options]   install deps, build, boot the demo guest (or your kernel)
 #   scripts/dev.sh test                      install deps, build, run the whole test suite
+#   scripts/dev.sh bench [NAME...]           install deps, build, run the benchmarks (JSON in build/bench)
 #   scripts/dev.sh deps | build              the individual steps
 # Idempotent: packages already installed are not reinstalled; the build is incremental.
 set -euo pipefail
@@ -14,6 +15,7 @@ PACKAGES=(
   capnproto libcapnp-dev libzstd-dev libxxhash-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   libgtest-dev libcli11-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
+  clang libclang-rt-14-dev
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -74,8 +76,19 @@ case "$cmd" in
     cd "$BUILD"
     ctest --output-on-failure --timeout 600 "$@"
     ;;
+  bench)
+    deps
+    check_kvm
+    build
+    names=("$@")
+    ((${#names[@]})) || names=(snapshot)
+    for name in "${names[@]}"; do
+      log "benchmark: $name"
+      "$BUILD/bench/${name}_bench" --json "$BUILD/bench/$name.json"
+    done
+    ;;
   *)
-    echo "usage: scripts/dev.sh run [vmctl run options] | test [ctest options] | deps | build" >&2
+    echo "usage: scripts/dev.sh run [vmctl run options] | test [ctest options] | bench [NAME...] | deps | build" >&2
     exit 2
     ;;
 esac

@@ -1,6 +1,7 @@
 #include "state/inspect.h"
 
 #include <fmt/format.h>
+#include <kj/exception.h>
 
 #include "state/lapic.h"
 
@@ -76,9 +77,24 @@ nlohmann::json decode_vcpu_record(ps::Vcpu::Reader v) {
   return j;
 }
 
+Result<nlohmann::json> inspect_records(RecordReader& reader);
+
 }  // namespace
 
 Result<nlohmann::json> inspect_stream(RecordReader& reader) {
+  // Cap'n Proto readers throw on malformed messages; that is bad input like any other.
+  try {
+    return inspect_records(reader);
+  } catch (const kj::Exception& e) {
+    return Error::user(
+        fmt::format("{}: malformed record: {}", reader.name(), e.getDescription().cStr()));
+  } catch (const std::exception& e) {
+    return Error::user(fmt::format("{}: malformed record: {}", reader.name(), e.what()));
+  }
+}
+
+namespace {
+Result<nlohmann::json> inspect_records(RecordReader& reader) {
   nlohmann::json out;
   out["records"] = nlohmann::json::array();
   out["vcpus"] = nlohmann::json::array();
@@ -128,6 +144,13 @@ Result<nlohmann::json> inspect_stream(RecordReader& reader) {
         memory_bytes += record->stored_size;
         break;
       }
+      case ps::RecordType::MEMORY_FILE: {
+        auto file = msg->getRoot<ps::MemoryFile>();
+        out["memory_file"] = {{"path", file.getPath().cStr()},
+                              {"ram_bytes", file.getRamSize()},
+                              {"file_bytes", file.getFileSize()}};
+        break;
+      }
       case ps::RecordType::TRAILER:
         trailer = true;
         out["trailer"] = {{"records", msg->getRoot<ps::Trailer>().getRecordCount()},
@@ -137,6 +160,9 @@ Result<nlohmann::json> inspect_stream(RecordReader& reader) {
         break;
     }
   }
+  if (!out.contains("header") || out["records"][0]["type"] != "header") {
+    return Error::user(fmt::format("{}: the stream does not start with a header", reader.name()));
+  }
   if (!trailer) {
     return Error::user(fmt::format("{}: truncated: no trailer record", reader.name()));
   }
@@ -144,6 +170,7 @@ Result<nlohmann::json> inspect_stream(RecordReader& reader) {
   out["stream_bytes"] = reader.offset();
   return out;
 }
+}  // namespace
 
 std::string format_inspection(const nlohmann::json& j) {
   std::string out;
@@ -165,6 +192,11 @@ std::string format_inspection(const nlohmann::json& j) {
       fmt::format("  memory    {} non-zero pages in {} stored bytes; {} zero pages elided\n",
                   j["memory"]["pages"].get<uint64_t>(), j["memory"]["stored_bytes"].get<uint64_t>(),
                   j["trailer"]["zero_pages_elided"].get<uint64_t>());
+  if (j.contains("memory_file")) {
+    out += fmt::format("  mem file  {} ({} bytes; restore --lazy maps it)\n",
+                       j["memory_file"]["path"].get<std::string>(),
+                       j["memory_file"]["file_bytes"].get<uint64_t>());
+  }
   out += fmt::format("  stream    {} records, {} bytes\n\nrecords:\n", j["records"].size(),
                      j["stream_bytes"].get<uint64_t>());
   // Consecutive records of one type are summarised on one line.

@@ -39,6 +39,9 @@ using RecordType = proto::state::RecordType;
 inline constexpr uint32_t kFrameMagic = 0x43524d56;  // "VMRC" little endian
 inline constexpr size_t kFrameHeaderSize = 40;
 inline constexpr uint32_t kFrameZstd = 1u << 0;
+// A reader that does not know this record's type must refuse the stream (see state.capnp).
+inline constexpr uint32_t kFrameRequired = 1u << 1;
+inline constexpr uint32_t kKnownFrameFlags = kFrameZstd | kFrameRequired;
 // No record is larger than this (memory records carry at most a few MiB); a frame claiming more is
 // corrupt, and refusing it bounds what a reader allocates for untrusted input.
 inline constexpr uint64_t kMaxRecordSize = 256ull << 20;
@@ -46,6 +49,8 @@ inline constexpr uint64_t kMaxRecordSize = 256ull << 20;
 uint16_t format_major();
 uint16_t format_minor();
 const char* record_type_name(RecordType type);
+// How many record types this version knows (types are numbered from 0).
+uint16_t known_record_types();
 
 struct FrameHeader {
   uint32_t magic = kFrameMagic;
@@ -83,6 +88,8 @@ class FileSink : public ByteSink {
   static Result<std::unique_ptr<FileSink>> create(const std::string& path);
   ~FileSink() override;
   Status write(const void* data, size_t len) override;
+  // Advances without writing: the skipped range reads as zeros and takes no disk space.
+  Status skip(uint64_t len);
   Status commit();
   uint64_t bytes_written() const { return written_ + buffered_; }
 

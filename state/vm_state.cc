@@ -10,9 +10,12 @@
 
 #include <capnp/message.h>
 #include <fmt/format.h>
+#include <kj/exception.h>
+#include <spdlog/spdlog.h>
 
 #include "state/cpu_features.h"
 #include "state/lapic.h"
+#include "state/memory_file.h"
 #include "vmm/devices/cmos_rtc.h"
 #include "vmm/devices/serial.h"
 
@@ -193,6 +196,20 @@ Status write_dirty_log(vmm::Vm& vm, RecordWriter& writer, const DirtyBitmaps& di
 
 // Full streams: every non-zero page. Diff streams: the dirty-log record, then the dirty pages
 // that are not zero (a dirty page no record carries is zero).
+Result<MemoryStats> write_memory_to_file(vmm::Vm& vm, RecordWriter& writer,
+                                         const CaptureOptions& options,
+                                         const std::string& snapshot_id) {
+  MemoryFileStats file = TRY(write_memory_file(vm.memory(), *options.memory_file, snapshot_id));
+  capnp::MallocMessageBuilder message;
+  auto record = message.initRoot<ps::MemoryFile>();
+  record.setPath(options.memory_file_name);
+  record.setRamSize(vm.memory().ram_size());
+  record.setHeaderSize(kMemoryFileHeaderSize);
+  record.setFileSize(file.file_size);
+  TRY(writer.write(ps::RecordType::MEMORY_FILE, message));
+  return MemoryStats{file.pages, file.zero_pages};
+}
+
 Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer, const DirtyBitmaps* dirty) {
   MemoryStats stats;
   if (dirty) TRY(write_dirty_log(vm, writer, *dirty));
@@ -539,7 +556,11 @@ Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const Capture
     (void)vm.vcpu(i).fd().kvmclock_ctrl();
   }
   TRY_CTX(write_header(vm, writer, options, stats.snapshot_id), "writing the header");
-  MemoryStats memory = TRY_CTX(write_memory(vm, writer, options.dirty), "writing guest memory");
+  MemoryStats memory =
+      options.memory_file
+          ? TRY_CTX(write_memory_to_file(vm, writer, options, stats.snapshot_id),
+                    "writing the memory file")
+          : TRY_CTX(write_memory(vm, writer, options.dirty), "writing guest memory");
   TRY_CTX(write_vm_records(vm, writer), "writing VM state");
   std::vector<uint32_t> msrs = TRY(saveable_msrs(vm));
   int xsave_size = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
@@ -555,23 +576,65 @@ Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const Capture
   return stats;
 }
 
+namespace {
+
+std::string directory_part(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
+}
+
+std::string absolute(const std::string& path) {
+  if (!path.empty() && path[0] == '/') return path;
+  char cwd[4096];
+  if (::getcwd(cwd, sizeof cwd) == nullptr) return path;
+  return std::string(cwd) + "/" + path;
+}
+
+// How the snapshot names its memory file: by file name when both sit in one directory (so the
+// pair can be moved together), else by absolute path.
+std::string memory_file_reference(const std::string& snapshot, const std::string& memory_file) {
+  std::string snap_dir = directory_part(absolute(snapshot));
+  std::string mem_abs = absolute(memory_file);
+  if (directory_part(mem_abs) == snap_dir) return mem_abs.substr(mem_abs.rfind('/') + 1);
+  return mem_abs;
+}
+
+}  // namespace
+
 Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
                                    const SnapshotOptions& options) {
   if (options.diff && (!options.tracker || !options.tracker->active())) {
     return Error::user(fmt::format(
         "snapshot {}: no parent to diff against: take a full snapshot of this VM first", path));
   }
+  if (options.diff && !options.memory_file.empty()) {
+    return Error::user(fmt::format(
+        "snapshot {}: a diff snapshot keeps its pages in the snapshot file; --memory-file is for "
+        "full snapshots",
+        path));
+  }
   std::unique_ptr<FileSink> sink = TRY(FileSink::create(path));
+  std::unique_ptr<FileSink> memory_sink;
+  if (!options.memory_file.empty()) memory_sink = TRY(FileSink::create(options.memory_file));
   vm.pause();
   auto result = [&]() -> Result<CaptureStats> {
     RecordWriter writer(*sink, WriterOptions{options.compression_level});
     CaptureOptions capture;
+    if (memory_sink) {
+      capture.memory_file = memory_sink.get();
+      capture.memory_file_name = memory_file_reference(path, options.memory_file);
+    }
     if (options.diff) {
       capture.kind = proto::state::StreamKind::DIFF_SNAPSHOT;
       capture.parent_id = options.tracker->parent_id();
       capture.dirty = TRY(options.tracker->collect(vm));
     }
     CaptureStats stats = TRY(capture_vm(vm, writer, capture));
+    // The memory file first: a snapshot file in place always has its memory file (a crash in
+    // between leaves a new memory file beside an older snapshot, which restore detects by id).
+    if (memory_sink) {
+      TRY_CTX(memory_sink->commit(), fmt::format("writing memory file {}", options.memory_file));
+    }
     TRY_CTX(sink->commit(), fmt::format("writing snapshot {}", path));
     // Durable: the next diff is relative to this snapshot.
     if (options.tracker) TRY(options.tracker->restart(vm, stats.snapshot_id));
@@ -708,28 +771,237 @@ Status restore_vm_records(vmm::Vm& vm, const std::map<int, std::vector<Record>>&
   return ok_status();
 }
 
-// The restore order KVM needs (see KVM-STATE.md): TSC rate before any TSC write; CPUID first of
-// the CPU state; MP state, registers, special registers, XCRs before XSAVE, debug registers; the
-// LAPIC before MSRs; TSC_DEADLINE after the LAPIC and the TSC in its own call; events last.
-Status restore_vcpu(vmm::Vm& vm, const Record& vcpu_record, const Record& lapic_record,
-                    const std::vector<vmm::CpuidEntry>& host_cpuid) {
-  auto vmsg = vcpu_record.message();
-  auto v = vmsg->getRoot<ps::Vcpu>();
-  auto lmsg = lapic_record.message();
-  auto l = lmsg->getRoot<ps::Lapic>();
-  unsigned index = v.getIndex();
+}  // namespace
+
+const char* vcpu_restore_step_name(VcpuRestoreStep step) {
+  switch (step) {
+    case VcpuRestoreStep::kTscRate:
+      return "TSC rate";
+    case VcpuRestoreStep::kCpuid:
+      return "CPUID";
+    case VcpuRestoreStep::kMpState:
+      return "MP state";
+    case VcpuRestoreStep::kRegs:
+      return "registers";
+    case VcpuRestoreStep::kSregs:
+      return "special registers";
+    case VcpuRestoreStep::kXcrs:
+      return "XCRs";
+    case VcpuRestoreStep::kXsave:
+      return "XSAVE";
+    case VcpuRestoreStep::kDebugRegs:
+      return "debug registers";
+    case VcpuRestoreStep::kLapic:
+      return "local APIC";
+    case VcpuRestoreStep::kMsrs:
+      return "MSRs";
+    case VcpuRestoreStep::kTscDeadline:
+      return "TSC deadline";
+    case VcpuRestoreStep::kEvents:
+      return "events";
+    case VcpuRestoreStep::kVerifyPpr:
+      return "PPR check";
+  }
+  return "?";
+}
+
+namespace {
+
+// A vCPU's saved state with the parts used by more than one restore step decoded once.
+struct VcpuRestoreInput {
+  ps::Vcpu::Reader v;
+  LapicState lapic;
+  std::vector<vmm::CpuidEntry> cpuid;
+  unsigned index;
+};
+
+// One piece of a vCPU's state; restore_vcpu applies them in kVcpuRestoreOrder.
+Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInput& in,
+                         bool strict_tsc) {
+  using Step = VcpuRestoreStep;
+  const ps::Vcpu::Reader& v = in.v;
+  const unsigned index = in.index;
   vmm::kvm::VcpuFd& fd = vm.vcpu(index).fd();
   auto context = [&](const char* what) { return fmt::format("restoring vCPU {} {}", index, what); };
 
-  LapicState lapic = from_record(l);
-  TRY(validate_lapic(lapic, index));
-
-  std::vector<vmm::CpuidEntry> cpuid;
-  for (auto e : v.getCpuid()) {
-    cpuid.push_back(vmm::CpuidEntry{e.getFunction(), e.getIndex(), e.getFlags(), e.getEax(),
-                                    e.getEbx(), e.getEcx(), e.getEdx()});
+  switch (step) {
+    case Step::kTscRate: {
+      if (v.getTscKhz() == 0) return ok_status();
+      Result<uint32_t> current = fd.get_tsc_khz();
+      if (!current.ok() || current.value() == v.getTscKhz()) return ok_status();
+      Status scaled = fd.set_tsc_khz(v.getTscKhz());
+      if (scaled.ok()) return ok_status();
+      std::string what = fmt::format(
+          "vCPU {}: the guest's TSC ran at {} kHz, this host runs at {} kHz and cannot scale it",
+          index, v.getTscKhz(), current.value());
+      if (strict_tsc) {
+        return Error::user(what + " (restore without --strict-tsc to accept the host's rate)");
+      }
+      // Once per VM is enough: every vCPU has the same rate.
+      if (index == 0) spdlog::warn("{}; the guest's TSC now runs at the host's rate", what);
+      return ok_status();
+    }
+    case Step::kCpuid:
+      TRY_CTX(fd.set_cpuid2(in.cpuid), context("CPUID"));
+      return ok_status();
+    case Step::kMpState: {
+      kvm_mp_state mp{};
+      mp.mp_state = v.getMpState();
+      TRY_CTX(fd.set_mp_state(mp), context("MP state"));
+      return ok_status();
+    }
+    case Step::kRegs: {
+      auto r = v.getRegs();
+      kvm_regs regs{};
+      regs.rax = r.getRax();
+      regs.rbx = r.getRbx();
+      regs.rcx = r.getRcx();
+      regs.rdx = r.getRdx();
+      regs.rsi = r.getRsi();
+      regs.rdi = r.getRdi();
+      regs.rsp = r.getRsp();
+      regs.rbp = r.getRbp();
+      regs.r8 = r.getR8();
+      regs.r9 = r.getR9();
+      regs.r10 = r.getR10();
+      regs.r11 = r.getR11();
+      regs.r12 = r.getR12();
+      regs.r13 = r.getR13();
+      regs.r14 = r.getR14();
+      regs.r15 = r.getR15();
+      regs.rip = r.getRip();
+      regs.rflags = r.getRflags();
+      TRY_CTX(fd.set_regs(regs), context("registers"));
+      return ok_status();
+    }
+    case Step::kSregs: {
+      auto s = v.getSregs();
+      kvm_sregs sregs{};
+      sregs.cs = segment_from_record(s.getCs());
+      sregs.ds = segment_from_record(s.getDs());
+      sregs.es = segment_from_record(s.getEs());
+      sregs.fs = segment_from_record(s.getFs());
+      sregs.gs = segment_from_record(s.getGs());
+      sregs.ss = segment_from_record(s.getSs());
+      sregs.tr = segment_from_record(s.getTr());
+      sregs.ldt = segment_from_record(s.getLdt());
+      sregs.gdt.base = s.getGdt().getBase();
+      sregs.gdt.limit = s.getGdt().getLimit();
+      sregs.idt.base = s.getIdt().getBase();
+      sregs.idt.limit = s.getIdt().getLimit();
+      sregs.cr0 = s.getCr0();
+      sregs.cr2 = s.getCr2();
+      sregs.cr3 = s.getCr3();
+      sregs.cr4 = s.getCr4();
+      sregs.cr8 = s.getCr8();
+      sregs.efer = s.getEfer();
+      sregs.apic_base = s.getApicBase();
+      for (unsigned i = 0; i < s.getInterruptBitmap().size() && i < 4; ++i) {
+        sregs.interrupt_bitmap[i] = s.getInterruptBitmap()[i];
+      }
+      TRY_CTX(fd.set_sregs(sregs), context("special registers"));
+      return ok_status();
+    }
+    case Step::kXcrs: {
+      kvm_xcrs xcrs{};
+      xcrs.nr_xcrs = std::min<uint32_t>(v.getXcrs().size(), KVM_MAX_XCRS);
+      for (uint32_t i = 0; i < xcrs.nr_xcrs; ++i) {
+        xcrs.xcrs[i].xcr = v.getXcrs()[i].getIndex();
+        xcrs.xcrs[i].value = v.getXcrs()[i].getValue();
+      }
+      TRY_CTX(fd.set_xcrs(xcrs), context("XCRs"));
+      return ok_status();
+    }
+    case Step::kXsave: {
+      auto xsave_data = v.getXsave();
+      std::vector<uint8_t> xsave(xsave_data.begin(), xsave_data.end());
+      int host_xsave = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
+      if (host_xsave > 0 && xsave.size() < static_cast<size_t>(host_xsave)) {
+        xsave.resize(host_xsave);
+      }
+      TRY_CTX(fd.set_xsave(xsave), context("XSAVE"));
+      return ok_status();
+    }
+    case Step::kDebugRegs: {
+      auto d = v.getDebugRegs();
+      kvm_debugregs dbg{};
+      for (unsigned i = 0; i < d.getDb().size() && i < 4; ++i) dbg.db[i] = d.getDb()[i];
+      dbg.dr6 = d.getDr6();
+      dbg.dr7 = d.getDr7();
+      dbg.flags = d.getFlags();
+      TRY_CTX(fd.set_debugregs(dbg), context("debug registers"));
+      return ok_status();
+    }
+    case Step::kLapic:
+      TRY_CTX(fd.set_lapic(encode_lapic(in.lapic, /*x2apic_ids=*/false)), context("local APIC"));
+      return ok_status();
+    case Step::kMsrs: {
+      std::vector<vmm::kvm::MsrEntry> msrs;
+      for (auto m : v.getMsrs()) msrs.push_back(vmm::kvm::MsrEntry{m.getIndex(), m.getValue()});
+      TRY_CTX(fd.set_msrs(msrs), context("MSRs"));
+      return ok_status();
+    }
+    case Step::kTscDeadline:
+      if (in.lapic.tsc_deadline == 0) return ok_status();
+      TRY_CTX(fd.set_msrs({vmm::kvm::MsrEntry{kMsrTscDeadline, in.lapic.tsc_deadline}}),
+              context("TSC deadline"));
+      return ok_status();
+    case Step::kEvents: {
+      auto e = v.getEvents();
+      kvm_vcpu_events events{};
+      events.exception.injected = e.getExceptionInjected();
+      events.exception.nr = e.getExceptionNr();
+      events.exception.has_error_code = e.getExceptionHasErrorCode();
+      events.exception.pending = e.getExceptionPending();
+      events.exception.error_code = e.getExceptionErrorCode();
+      events.interrupt.injected = e.getInterruptInjected();
+      events.interrupt.nr = e.getInterruptNr();
+      events.interrupt.soft = e.getInterruptSoft();
+      events.interrupt.shadow = e.getInterruptShadow();
+      events.nmi.injected = e.getNmiInjected();
+      events.nmi.pending = e.getNmiPending();
+      events.nmi.masked = e.getNmiMasked();
+      events.sipi_vector = e.getSipiVector();
+      // Only the validity flags that need no capability this VM has not enabled.
+      events.flags =
+          e.getFlags() & (KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR |
+                          KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM);
+      events.smi.smm = e.getSmiSmm();
+      events.smi.pending = e.getSmiPending();
+      events.smi.smm_inside_nmi = e.getSmiInsideNmi();
+      events.smi.latched_init = e.getSmiLatchedInit();
+      TRY_CTX(fd.set_vcpu_events(events), context("events"));
+      return ok_status();
+    }
+    case Step::kVerifyPpr: {
+      // PPR is derived state: check KVM derived the same value from the restored TPR and ISR.
+      kvm_lapic_state after = TRY_CTX(fd.get_lapic(), context("local APIC (verifying)"));
+      LapicState restored = decode_lapic(after, in.lapic.apic_base, 0, false);
+      uint8_t expected = derive_ppr(in.lapic.tpr, in.lapic.isr);
+      if (restored.ppr != expected) {
+        return Error::failure(fmt::format(
+            "restoring vCPU {} local APIC: KVM reports PPR 0x{:02x} but TPR 0x{:02x} and ISR "
+            "give 0x{:02x}",
+            index, restored.ppr, in.lapic.tpr, expected));
+      }
+      return ok_status();
+    }
   }
-  std::vector<std::string> missing = missing_cpu_features(cpuid, host_cpuid);
+  return ok_status();
+}
+
+Status restore_vcpu(vmm::Vm& vm, const Record& vcpu_record, const Record& lapic_record,
+                    const std::vector<vmm::CpuidEntry>& host_cpuid, bool strict_tsc) {
+  auto vmsg = vcpu_record.message();
+  auto lmsg = lapic_record.message();
+  VcpuRestoreInput in{vmsg->getRoot<ps::Vcpu>(), from_record(lmsg->getRoot<ps::Lapic>()), {}, 0};
+  in.index = in.v.getIndex();
+  TRY(validate_lapic(in.lapic, in.index));
+  for (auto e : in.v.getCpuid()) {
+    in.cpuid.push_back(vmm::CpuidEntry{e.getFunction(), e.getIndex(), e.getFlags(), e.getEax(),
+                                       e.getEbx(), e.getEcx(), e.getEdx()});
+  }
+  std::vector<std::string> missing = missing_cpu_features(in.cpuid, host_cpuid);
   if (!missing.empty()) {
     std::string list;
     for (const std::string& m : missing) list += (list.empty() ? "" : ", ") + m;
@@ -738,135 +1010,8 @@ Status restore_vcpu(vmm::Vm& vm, const Record& vcpu_record, const Record& lapic_
         "host that has them",
         list));
   }
-
-  if (v.getTscKhz() != 0) {
-    Result<uint32_t> current = fd.get_tsc_khz();
-    if (current.ok() && current.value() != v.getTscKhz()) {
-      TRY_CTX(fd.set_tsc_khz(v.getTscKhz()),
-              fmt::format("restoring vCPU {} TSC rate {} kHz (this host runs at {} kHz and cannot "
-                          "scale the guest's TSC)",
-                          index, v.getTscKhz(), current.value()));
-    }
-  }
-  TRY_CTX(fd.set_cpuid2(cpuid), context("CPUID"));
-
-  kvm_mp_state mp{};
-  mp.mp_state = v.getMpState();
-  TRY_CTX(fd.set_mp_state(mp), context("MP state"));
-
-  auto r = v.getRegs();
-  kvm_regs regs{};
-  regs.rax = r.getRax();
-  regs.rbx = r.getRbx();
-  regs.rcx = r.getRcx();
-  regs.rdx = r.getRdx();
-  regs.rsi = r.getRsi();
-  regs.rdi = r.getRdi();
-  regs.rsp = r.getRsp();
-  regs.rbp = r.getRbp();
-  regs.r8 = r.getR8();
-  regs.r9 = r.getR9();
-  regs.r10 = r.getR10();
-  regs.r11 = r.getR11();
-  regs.r12 = r.getR12();
-  regs.r13 = r.getR13();
-  regs.r14 = r.getR14();
-  regs.r15 = r.getR15();
-  regs.rip = r.getRip();
-  regs.rflags = r.getRflags();
-  TRY_CTX(fd.set_regs(regs), context("registers"));
-
-  auto s = v.getSregs();
-  kvm_sregs sregs{};
-  sregs.cs = segment_from_record(s.getCs());
-  sregs.ds = segment_from_record(s.getDs());
-  sregs.es = segment_from_record(s.getEs());
-  sregs.fs = segment_from_record(s.getFs());
-  sregs.gs = segment_from_record(s.getGs());
-  sregs.ss = segment_from_record(s.getSs());
-  sregs.tr = segment_from_record(s.getTr());
-  sregs.ldt = segment_from_record(s.getLdt());
-  sregs.gdt.base = s.getGdt().getBase();
-  sregs.gdt.limit = s.getGdt().getLimit();
-  sregs.idt.base = s.getIdt().getBase();
-  sregs.idt.limit = s.getIdt().getLimit();
-  sregs.cr0 = s.getCr0();
-  sregs.cr2 = s.getCr2();
-  sregs.cr3 = s.getCr3();
-  sregs.cr4 = s.getCr4();
-  sregs.cr8 = s.getCr8();
-  sregs.efer = s.getEfer();
-  sregs.apic_base = s.getApicBase();
-  for (unsigned i = 0; i < s.getInterruptBitmap().size() && i < 4; ++i) {
-    sregs.interrupt_bitmap[i] = s.getInterruptBitmap()[i];
-  }
-  TRY_CTX(fd.set_sregs(sregs), context("special registers"));
-
-  kvm_xcrs xcrs{};
-  xcrs.nr_xcrs = std::min<uint32_t>(v.getXcrs().size(), KVM_MAX_XCRS);
-  for (uint32_t i = 0; i < xcrs.nr_xcrs; ++i) {
-    xcrs.xcrs[i].xcr = v.getXcrs()[i].getIndex();
-    xcrs.xcrs[i].value = v.getXcrs()[i].getValue();
-  }
-  TRY_CTX(fd.set_xcrs(xcrs), context("XCRs"));
-  auto xsave_data = v.getXsave();
-  std::vector<uint8_t> xsave(xsave_data.begin(), xsave_data.end());
-  int host_xsave = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
-  if (host_xsave > 0 && xsave.size() < static_cast<size_t>(host_xsave)) xsave.resize(host_xsave);
-  TRY_CTX(fd.set_xsave(xsave), context("XSAVE"));
-
-  auto d = v.getDebugRegs();
-  kvm_debugregs dbg{};
-  for (unsigned i = 0; i < d.getDb().size() && i < 4; ++i) dbg.db[i] = d.getDb()[i];
-  dbg.dr6 = d.getDr6();
-  dbg.dr7 = d.getDr7();
-  dbg.flags = d.getFlags();
-  TRY_CTX(fd.set_debugregs(dbg), context("debug registers"));
-
-  // The APIC base MSR decides the LAPIC's mode; KVM_SET_SREGS set it above. Then the page.
-  TRY_CTX(fd.set_lapic(encode_lapic(lapic, /*x2apic_ids=*/false)), context("local APIC"));
-
-  std::vector<vmm::kvm::MsrEntry> msrs;
-  for (auto m : v.getMsrs()) msrs.push_back(vmm::kvm::MsrEntry{m.getIndex(), m.getValue()});
-  TRY_CTX(fd.set_msrs(msrs), context("MSRs"));
-  if (lapic.tsc_deadline != 0) {
-    TRY_CTX(fd.set_msrs({vmm::kvm::MsrEntry{kMsrTscDeadline, lapic.tsc_deadline}}),
-            context("TSC deadline"));
-  }
-
-  auto e = v.getEvents();
-  kvm_vcpu_events events{};
-  events.exception.injected = e.getExceptionInjected();
-  events.exception.nr = e.getExceptionNr();
-  events.exception.has_error_code = e.getExceptionHasErrorCode();
-  events.exception.pending = e.getExceptionPending();
-  events.exception.error_code = e.getExceptionErrorCode();
-  events.interrupt.injected = e.getInterruptInjected();
-  events.interrupt.nr = e.getInterruptNr();
-  events.interrupt.soft = e.getInterruptSoft();
-  events.interrupt.shadow = e.getInterruptShadow();
-  events.nmi.injected = e.getNmiInjected();
-  events.nmi.pending = e.getNmiPending();
-  events.nmi.masked = e.getNmiMasked();
-  events.sipi_vector = e.getSipiVector();
-  // Only the validity flags that need no capability this VM has not enabled.
-  events.flags = e.getFlags() & (KVM_VCPUEVENT_VALID_NMI_PENDING | KVM_VCPUEVENT_VALID_SIPI_VECTOR |
-                                 KVM_VCPUEVENT_VALID_SHADOW | KVM_VCPUEVENT_VALID_SMM);
-  events.smi.smm = e.getSmiSmm();
-  events.smi.pending = e.getSmiPending();
-  events.smi.smm_inside_nmi = e.getSmiInsideNmi();
-  events.smi.latched_init = e.getSmiLatchedInit();
-  TRY_CTX(fd.set_vcpu_events(events), context("events"));
-
-  // PPR is derived state: check KVM derived the same value from the restored TPR and ISR.
-  kvm_lapic_state after = TRY_CTX(fd.get_lapic(), context("local APIC (verifying)"));
-  LapicState restored = decode_lapic(after, lapic.apic_base, 0, false);
-  uint8_t expected = derive_ppr(lapic.tpr, lapic.isr);
-  if (restored.ppr != expected) {
-    return Error::failure(fmt::format(
-        "restoring vCPU {} local APIC: KVM reports PPR 0x{:02x} but TPR 0x{:02x} and ISR give "
-        "0x{:02x}",
-        index, restored.ppr, lapic.tpr, expected));
+  for (VcpuRestoreStep step : kVcpuRestoreOrder) {
+    TRY(restore_vcpu_step(step, vm, in, strict_tsc));
   }
   return ok_status();
 }
@@ -903,7 +1048,8 @@ class Restorer {
  public:
   explicit Restorer(const RestoreOptions& options) : options_(options) {}
 
-  Status read(RecordReader& reader) {
+  // `directory` resolves a memory file the stream names by a relative path.
+  Status read(RecordReader& reader, const std::string& directory = ".") {
     std::optional<Record> first = TRY(reader.next());
     if (!first) return Error::user(fmt::format("{} is empty", reader.name()));
     if (first->type != ps::RecordType::HEADER) {
@@ -917,13 +1063,15 @@ class Restorer {
             "{} is a diff snapshot of {}: restore its whole chain (vmctl restore BASE DIFF...)",
             reader.name(), info.parent_id));
       }
-      vmm::VmConfig config;
-      config.memory_size = info.memory_size;
-      config.num_cpus = info.vcpus;
-      config.boot.cmdline = info.cmdline;
-      config.console_output = options_.console_output;
-      config.for_restore = true;
-      vm_ = TRY_CTX(vmm::Vm::create(config), "creating the VM to restore into");
+      // The VM is created at the first record after the header, which says whether guest RAM
+      // comes from a memory file.
+      config_ = vmm::VmConfig{};
+      config_.memory_size = info.memory_size;
+      config_.num_cpus = info.vcpus;
+      config_.boot.cmdline = info.cmdline;
+      config_.console_output = options_.console_output;
+      config_.for_restore = true;
+      directory_ = directory;
     } else {
       if (info.kind != ps::StreamKind::DIFF_SNAPSHOT) {
         return Error::user(fmt::format(
@@ -945,6 +1093,7 @@ class Restorer {
   }
 
   Result<std::unique_ptr<vmm::Vm>> finish() {
+    if (!vm_) return Error::user("the snapshot holds no records after its header");
     vmm::Vm& vm = *vm_;
     // What this host offers: KVM's supported table, and what a vCPU configured from it actually
     // reports (some hosts' KVM widens the table it was given, and the guest sees that).
@@ -964,7 +1113,7 @@ class Restorer {
       if (it == vcpus_.end() || !it->second.vcpu || !it->second.lapic) {
         return Error::user(fmt::format("no vCPU or LAPIC record for vCPU {}", i));
       }
-      TRY(restore_vcpu(vm, *it->second.vcpu, *it->second.lapic, host_cpuid));
+      TRY(restore_vcpu(vm, *it->second.vcpu, *it->second.lapic, host_cpuid, options_.strict_tsc));
     }
     TRY(restore_vm_records(vm, records_));
     return std::move(vm_);
@@ -1005,7 +1154,14 @@ class Restorer {
       }
       ++count;
       auto msg = record->message();
+      if (!vm_) {
+        bool consumed = TRY(create_vm(*record, reader));
+        if (consumed) continue;
+      }
       switch (record->type) {
+        case ps::RecordType::MEMORY_FILE:
+          return Error::user(fmt::format(
+              "{}: a memory file record after the start of the stream: corrupt", reader.name()));
         case ps::RecordType::MEMORY_PAGES:
           TRY(apply_memory(vm_->memory(), msg->getRoot<ps::MemoryPages>(), reader));
           break;
@@ -1043,7 +1199,47 @@ class Restorer {
     }
   }
 
+  // Creates the VM for the first stream; returns whether `first` (a memory file record) was used
+  // up doing so.
+  Result<bool> create_vm(const Record& first, RecordReader& reader) {
+    if (first.type != ps::RecordType::MEMORY_FILE) {
+      if (options_.lazy) {
+        return Error::user(fmt::format(
+            "{} keeps its memory inside the snapshot: --lazy needs a snapshot taken with "
+            "--memory-file",
+            reader.name()));
+      }
+      vm_ = TRY_CTX(vmm::Vm::create(config_), "creating the VM to restore into");
+      return false;
+    }
+    auto msg = first.message();
+    auto record = msg->getRoot<ps::MemoryFile>();
+    std::string path = record.getPath();
+    if (path.empty())
+      return Error::user(fmt::format("{}: memory file record without a path", reader.name()));
+    if (path[0] != '/') path = directory_ + "/" + path;
+    if (record.getRamSize() != info_.memory_size ||
+        record.getHeaderSize() != kMemoryFileHeaderSize) {
+      return Error::user(fmt::format(
+          "{}: the memory file record describes {} bytes of RAM at offset {}, the header {} at {}: "
+          "corrupt",
+          reader.name(), record.getRamSize(), record.getHeaderSize(), info_.memory_size,
+          kMemoryFileHeaderSize));
+    }
+    Fd fd = TRY(open_memory_file(path, info_.memory_size, info_.snapshot_id));
+    if (options_.lazy) {
+      config_.memory_file = vmm::MemoryFileBacking{fd.get(), kMemoryFileHeaderSize};
+      vm_ = TRY_CTX(vmm::Vm::create(config_), "creating the VM to restore into");
+    } else {
+      vm_ = TRY_CTX(vmm::Vm::create(config_), "creating the VM to restore into");
+      TRY(read_memory_file(fd.get(), path, vm_->memory()));
+    }
+    return true;
+  }
+
   const RestoreOptions& options_;
+  vmm::VmConfig config_;
+  std::string directory_ = ".";
   std::unique_ptr<vmm::Vm> vm_;
   StreamInfo info_;
   std::map<int, std::vector<Record>> records_;
@@ -1052,27 +1248,48 @@ class Restorer {
 
 }  // namespace
 
+// Cap'n Proto readers throw on a malformed message (a bad pointer in a record whose checksum is
+// right, as only a crafted file has): that is bad input, reported like any other.
+template <typename F>
+auto catching_malformed(const std::string& name, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const kj::Exception& e) {
+    return Error::user(fmt::format("{}: malformed record: {}", name, e.getDescription().cStr()));
+  } catch (const std::exception& e) {
+    return Error::user(fmt::format("{}: malformed record: {}", name, e.what()));
+  }
+}
+
 Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
                                             StreamInfo* info) {
-  Restorer restorer(options);
-  TRY(restorer.read(reader));
-  std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
-  if (info) *info = restorer.info();
-  return vm;
+  return catching_malformed(reader.name(), [&]() -> Result<std::unique_ptr<vmm::Vm>> {
+    Restorer restorer(options);
+    TRY(restorer.read(reader));
+    std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
+    if (info) *info = restorer.info();
+    return vm;
+  });
 }
 
 Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::vector<std::string>& chain,
                                                   const RestoreOptions& options, StreamInfo* info) {
   if (chain.empty()) return Error::user("no snapshot file given");
-  Restorer restorer(options);
-  for (const std::string& path : chain) {
-    std::unique_ptr<FileSource> source = TRY(FileSource::open(path));
-    RecordReader reader(*source, fmt::format("snapshot {}", path));
-    TRY(restorer.read(reader));
-  }
-  std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
-  if (info) *info = restorer.info();
-  return vm;
+  std::string name = fmt::format("snapshot {}", chain.back());
+  return catching_malformed(name, [&]() -> Result<std::unique_ptr<vmm::Vm>> {
+    Restorer restorer(options);
+    for (const std::string& path : chain) {
+      std::unique_ptr<FileSource> source = TRY(FileSource::open(path));
+      RecordReader reader(*source, fmt::format("snapshot {}", path));
+      size_t slash = path.rfind('/');
+      TRY(restorer.read(reader, slash == std::string::npos ? "."
+                                : slash == 0               ? ""
+                                                           : path.substr(0, slash)));
+    }
+    std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
+    if (info) *info = restorer.info();
+    return vm;
+  });
 }
 
 }  // namespace vmctl::state

@@ -6,6 +6,7 @@
 // write pages into guest RAM as they arrive and buffer only the small CPU and device records.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -23,6 +24,10 @@ struct CaptureOptions {
   std::string parent_id;
   // For diff streams: only these pages are written (a DirtyLog record lists them first).
   const DirtyBitmaps* dirty = nullptr;
+  // Full snapshots only: guest RAM goes to this file (a MemoryFile record names it as
+  // `memory_file_name`) instead of MemoryPages records.
+  FileSink* memory_file = nullptr;
+  std::string memory_file_name;
 };
 
 struct CaptureStats {
@@ -44,6 +49,8 @@ struct SnapshotOptions {
   // `diff`, only those pages are written and the snapshot names the previous one as its parent.
   DirtyTracker* tracker = nullptr;
   bool diff = false;
+  // Write guest RAM raw to this file instead of into the snapshot (restorable with lazy mapping).
+  std::string memory_file;
 };
 
 // Pauses the VM, writes a full snapshot to `path` atomically (temporary file, fsync, rename) and
@@ -62,8 +69,50 @@ struct StreamInfo {
   std::string cmdline;
 };
 
+// The order a vCPU's state goes back into KVM. KVM accepts each piece on its own, but some pieces
+// reset or reinterpret others, so the order is part of correctness (see KVM-STATE.md):
+//  - the TSC rate before anything that writes the TSC (the TSC MSR is scaled by it);
+//  - CPUID before all CPU state: KVM checks XSAVE sizes, MSR availability and CR4 bits against it;
+//  - special registers (which carry the APIC base MSR, hence the LAPIC mode) before the LAPIC page;
+//  - XCRs before XSAVE, since XCR0 says which XSAVE components are valid;
+//  - the LAPIC before the MSRs, and the TSC-deadline MSR after both: setting the LAPIC resets the
+//    timer and with it the deadline;
+//  - vCPU events last: an injected or pending exception or interrupt must not be dropped by a later
+//    register write, and NMI/SMM state refers to the final mode;
+//  - then PPR, which KVM derives, is checked against TPR and the highest ISR vector.
+enum class VcpuRestoreStep {
+  kTscRate,
+  kCpuid,
+  kMpState,
+  kRegs,
+  kSregs,
+  kXcrs,
+  kXsave,
+  kDebugRegs,
+  kLapic,
+  kMsrs,
+  kTscDeadline,
+  kEvents,
+  kVerifyPpr,
+};
+inline constexpr std::array kVcpuRestoreOrder = {
+    VcpuRestoreStep::kTscRate,   VcpuRestoreStep::kCpuid,       VcpuRestoreStep::kMpState,
+    VcpuRestoreStep::kRegs,      VcpuRestoreStep::kSregs,       VcpuRestoreStep::kXcrs,
+    VcpuRestoreStep::kXsave,     VcpuRestoreStep::kDebugRegs,   VcpuRestoreStep::kLapic,
+    VcpuRestoreStep::kMsrs,      VcpuRestoreStep::kTscDeadline, VcpuRestoreStep::kEvents,
+    VcpuRestoreStep::kVerifyPpr,
+};
+const char* vcpu_restore_step_name(VcpuRestoreStep step);
+
 struct RestoreOptions {
   std::function<void(const uint8_t*, size_t)> console_output;
+  // A host without TSC scaling runs the guest's TSC at the host's rate. By default that is a
+  // warning (as in QEMU: guests on kvmclock cope, and refusing would strand the snapshot); strict
+  // makes it an error for guests that calibrated against the TSC.
+  bool strict_tsc = false;
+  // A snapshot with a memory file: map it copy-on-write instead of reading it, so restore time
+  // does not grow with RAM (pages are read when the guest touches them).
+  bool lazy = false;
 };
 
 // Reads a whole stream and builds a VM in its state, not yet started. Bad input (truncated,

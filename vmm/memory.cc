@@ -1,5 +1,7 @@
 #include "vmm/memory.h"
 
+#include <sys/mman.h>
+
 #include <cstdio>
 
 #include "base/size.h"
@@ -15,7 +17,7 @@ std::string range_text(uint64_t gpa, uint64_t len) {
 }
 }  // namespace
 
-Result<GuestMemory> GuestMemory::create(uint64_t ram_size) {
+Result<GuestMemory> GuestMemory::create(uint64_t ram_size, const MemoryFileBacking* backing) {
   if (ram_size % kPageSize != 0) {
     return Error::user("memory size " + std::to_string(ram_size) + " is not a multiple of 4 KiB");
   }
@@ -26,11 +28,17 @@ Result<GuestMemory> GuestMemory::create(uint64_t ram_size) {
   GuestMemory memory;
   memory.ram_size_ = ram_size;
   uint64_t low = ram_size < kMmioHoleStart ? ram_size : kMmioHoleStart;
+  auto map = [&](uint64_t size, uint64_t file_offset, const std::string& what) {
+    if (backing == nullptr) return Mapping::anonymous(size, what);
+    // MAP_NORESERVE: copy-on-write pages are charged when written, not up front.
+    return Mapping::map(size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, backing->fd,
+                        static_cast<off_t>(backing->offset + file_offset), what + " (from file)");
+  };
   MemoryRegion low_region;
   low_region.guest_phys = 0;
   low_region.size = low;
   low_region.slot = 0;
-  low_region.host = TRY_CTX(Mapping::anonymous(low, "guest RAM below 4 GiB"),
+  low_region.host = TRY_CTX(map(low, 0, "guest RAM below 4 GiB"),
                             "allocating " + format_size(ram_size) + " of guest memory");
   memory.regions_.push_back(std::move(low_region));
   if (ram_size > low) {
@@ -38,7 +46,7 @@ Result<GuestMemory> GuestMemory::create(uint64_t ram_size) {
     high.guest_phys = kHighMemoryStart;
     high.size = ram_size - low;
     high.slot = 1;
-    high.host = TRY_CTX(Mapping::anonymous(high.size, "guest RAM above 4 GiB"),
+    high.host = TRY_CTX(map(high.size, low, "guest RAM above 4 GiB"),
                         "allocating " + format_size(ram_size) + " of guest memory");
     memory.regions_.push_back(std::move(high));
   }

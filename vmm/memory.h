@@ -33,11 +33,19 @@ struct MemoryRegion {
   }
 };
 
+// Guest RAM backed by a file instead of anonymous memory: each region maps its slice of the file
+// copy-on-write (MAP_PRIVATE), so pages are read only when the guest touches them and the file
+// is never written. Region i starts at `offset` plus the sizes of the regions before it.
+struct MemoryFileBacking {
+  int fd = -1;  // borrowed: the mappings stay valid after it is closed
+  uint64_t offset = 0;
+};
+
 class GuestMemory {
  public:
   // Allocates `ram_size` bytes (a multiple of 4 KiB, at least kMinimumMemory) split around the
-  // hole.
-  static Result<GuestMemory> create(uint64_t ram_size);
+  // hole; with `backing`, maps them from a file instead.
+  static Result<GuestMemory> create(uint64_t ram_size, const MemoryFileBacking* backing = nullptr);
 
   GuestMemory(GuestMemory&&) = default;
   GuestMemory& operator=(GuestMemory&&) = default;

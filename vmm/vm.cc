@@ -42,7 +42,8 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config) {
     return Error::user(fmt::format("--cpus {}: this host's KVM allows at most {} vCPUs per VM",
                                    config.num_cpus, max_vcpus));
   }
-  GuestMemory memory = TRY(GuestMemory::create(config.memory_size));
+  GuestMemory memory = TRY(
+      GuestMemory::create(config.memory_size, config.memory_file ? &*config.memory_file : nullptr));
   kvm::VmFd vm_fd = TRY(system.create_vm());
 
   std::unique_ptr<Vm> vm(new Vm(std::move(system), std::move(vm_fd), std::move(memory)));

@@ -36,6 +36,8 @@ struct VmConfig {
   // Build the machine (memory, irqchip, devices, vCPUs) but load no kernel and set no boot state:
   // a snapshot or a migration stream supplies the state (state/restore.h).
   bool for_restore = false;
+  // With for_restore: map guest RAM from this file (lazy restore) instead of allocating it.
+  std::optional<MemoryFileBacking> memory_file;
 };
 
 struct VcpuStats {

@@ -95,7 +95,8 @@ Result<BootEntry> load_kernel_image(GuestMemory& memory, const std::vector<uint8
 
 // Writes the MP floating pointer and configuration table at kMpTableAddress: one processor entry
 // per vCPU (APIC IDs 0..n-1, vCPU 0 is the BSP), an ISA bus, the IOAPIC (ID n, 0xFEC00000) and
-// ISA IRQ n routed to IOAPIC pin n for n in 0..15, matching KVM's default GSI routing.
+// ISA IRQ n routed to IOAPIC pin n for n in 0..15, matching KVM's default GSI routing (IRQ 0
+// included: KVM, unlike QEMU's own routing table, has no IRQ 0 -> pin 2 override).
 Status write_mp_table(GuestMemory& memory, unsigned num_cpus);
 
 }  // namespace vmctl::vmm::boot

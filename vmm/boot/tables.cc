@@ -1,4 +1,5 @@
 // Boot tables every loader writes: the boot GDT, the e820 map and the MP table.
+#include <algorithm>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -148,7 +149,9 @@ Status write_mp_table(GuestMemory& memory, unsigned num_cpus) {
   MpIoApic ioapic{2, ioapic_id, 0x11, 0x01, kIoApicAddress};
   put(entries, &ioapic, sizeof(ioapic));
   ++count;
-  // KVM's default GSI routing sends ISA IRQ n to IOAPIC pin n (the in-kernel PIT included).
+  // KVM's default GSI routing (kvm_setup_default_irq_routing) sends GSI n to PIC input n and
+  // IOAPIC pin n for n < 16, and the in-kernel PIT raises GSI 0: so ISA IRQ 0 is on pin 0 here.
+  // (The PC convention of IRQ 0 on pin 2 comes from QEMU installing its own routing table.)
   for (uint8_t irq = 0; irq < 16; ++irq) {
     MpInterrupt route{3, 0, 0, 0, irq, ioapic_id, irq};
     put(entries, &route, sizeof(route));

@@ -1,0 +1,144 @@
+#include "state/memory_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace vmctl::state {
+namespace {
+
+constexpr char kMagic[8] = {'V', 'M', 'C', 'T', 'L', 'M', 'E', 'M'};
+constexpr uint32_t kVersion = 1;
+
+struct MemoryFileHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t header_size;
+  uint64_t ram_size;
+  char snapshot_id[32];
+};
+static_assert(sizeof(MemoryFileHeader) == 56, "the on-disk layout has no padding");
+
+bool page_is_zero(const uint8_t* page) {
+  static const uint8_t zeros[vmm::kPageSize] = {};
+  return std::memcmp(page, zeros, vmm::kPageSize) == 0;
+}
+
+}  // namespace
+
+Result<MemoryFileStats> write_memory_file(const vmm::GuestMemory& memory, FileSink& sink,
+                                          const std::string& snapshot_id) {
+  MemoryFileStats stats;
+  std::vector<uint8_t> header_page(kMemoryFileHeaderSize, 0);
+  MemoryFileHeader header{};
+  std::memcpy(header.magic, kMagic, sizeof kMagic);
+  header.version = kVersion;
+  header.header_size = kMemoryFileHeaderSize;
+  header.ram_size = memory.ram_size();
+  std::memcpy(header.snapshot_id, snapshot_id.data(),
+              std::min(snapshot_id.size(), sizeof header.snapshot_id));
+  std::memcpy(header_page.data(), &header, sizeof header);
+  TRY(sink.write(header_page.data(), header_page.size()));
+  for (const vmm::MemoryRegion& region : memory.regions()) {
+    const uint8_t* base = region.host.data();
+    uint64_t off = 0;
+    while (off < region.size) {
+      // One run of zero or non-zero pages at a time: holes for the former, one write for the
+      // latter.
+      bool zero = page_is_zero(base + off);
+      uint64_t end = off + vmm::kPageSize;
+      while (end < region.size && page_is_zero(base + end) == zero) end += vmm::kPageSize;
+      uint64_t pages = (end - off) / vmm::kPageSize;
+      if (zero) {
+        TRY(sink.skip(end - off));
+        stats.zero_pages += pages;
+      } else {
+        TRY(sink.write(base + off, end - off));
+        stats.pages += pages;
+      }
+      off = end;
+    }
+  }
+  stats.file_size = kMemoryFileHeaderSize + memory.ram_size();
+  return stats;
+}
+
+Result<Fd> open_memory_file(const std::string& path, uint64_t ram_size,
+                            const std::string& snapshot_id) {
+  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw < 0) {
+    return Error::user(
+        fmt::format("cannot open the snapshot's memory file {}: {}", path, std::strerror(errno)));
+  }
+  Fd fd(raw);
+  MemoryFileHeader header{};
+  ssize_t n = ::pread(fd.get(), &header, sizeof header, 0);
+  if (n != static_cast<ssize_t>(sizeof header) ||
+      std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) {
+    return Error::user(fmt::format("{} is not a vmctl memory file", path));
+  }
+  if (header.version != kVersion || header.header_size != kMemoryFileHeaderSize) {
+    return Error::user(
+        fmt::format("memory file {} has layout version {} (this vmctl reads {}): upgrade vmctl",
+                    path, header.version, kVersion));
+  }
+  std::string id(header.snapshot_id, strnlen(header.snapshot_id, sizeof header.snapshot_id));
+  if (id != snapshot_id) {
+    return Error::user(fmt::format(
+        "memory file {} belongs to snapshot {}, not to this snapshot ({}): it was overwritten "
+        "by a later snapshot; restore that snapshot or the matching memory file",
+        path, id, snapshot_id));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) {
+    return Error::from_errno(fmt::format("fstat {}", path), errno);
+  }
+  uint64_t expected = kMemoryFileHeaderSize + ram_size;
+  if (header.ram_size != ram_size || static_cast<uint64_t>(st.st_size) != expected) {
+    return Error::user(fmt::format(
+        "memory file {} is {} bytes for {} bytes of RAM, but the snapshot needs {} bytes: it is "
+        "truncated or from another machine",
+        path, st.st_size, header.ram_size, expected));
+  }
+  return fd;
+}
+
+Status read_memory_file(int fd, const std::string& path, vmm::GuestMemory& memory) {
+  uint64_t file_offset = kMemoryFileHeaderSize;
+  for (vmm::MemoryRegion& region : memory.regions()) {
+    uint8_t* base = region.host.data();
+    uint64_t done = 0;
+    while (done < region.size) {
+      // Holes read as zeros, and fresh anonymous memory already is: skip them without touching
+      // (and so allocating) the guest pages.
+      off_t data = ::lseek(fd, static_cast<off_t>(file_offset + done), SEEK_DATA);
+      if (data < 0 && errno == ENXIO) break;  // only holes remain
+      if (data < 0) return Error::from_errno(fmt::format("reading {}", path), errno);
+      uint64_t start = static_cast<uint64_t>(data) - file_offset;
+      if (start >= region.size) break;
+      off_t hole = ::lseek(fd, data, SEEK_HOLE);
+      uint64_t end =
+          hole < 0 ? region.size
+                   : std::min<uint64_t>(region.size, static_cast<uint64_t>(hole) - file_offset);
+      while (start < end) {
+        ssize_t n = ::pread(fd, base + start, end - start, static_cast<off_t>(file_offset + start));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          return Error::user(fmt::format("reading memory file {}: {}", path,
+                                         n < 0 ? std::strerror(errno) : "unexpected end"));
+        }
+        start += static_cast<uint64_t>(n);
+      }
+      done = end;
+    }
+    file_offset += region.size;
+  }
+  return ok_status();
+}
+
+}  // namespace vmctl::state
