@@ -13,7 +13,9 @@
 
 namespace vmctl {
 
-enum class ErrorKind { kUser, kFailure };
+// kNotFound and kConflict are user errors with a more precise RPC status (NOT_FOUND,
+// FAILED_PRECONDITION): no such VM; the VM is not in a state that allows the operation.
+enum class ErrorKind { kUser, kFailure, kNotFound, kConflict };
 
 class Error {
  public:
@@ -22,6 +24,12 @@ class Error {
   static Error user(std::string message) { return Error(ErrorKind::kUser, std::move(message)); }
   static Error failure(std::string message) {
     return Error(ErrorKind::kFailure, std::move(message));
+  }
+  static Error not_found(std::string message) {
+    return Error(ErrorKind::kNotFound, std::move(message));
+  }
+  static Error conflict(std::string message) {
+    return Error(ErrorKind::kConflict, std::move(message));
   }
   // "what: strerror(err)", remembering errno so callers can branch on it (EINTR, EAGAIN, ...).
   static Error from_errno(const std::string& what, int err);
@@ -32,7 +40,7 @@ class Error {
   ErrorKind kind() const { return kind_; }
   const std::string& message() const { return message_; }
   int sys_errno() const { return sys_errno_; }
-  int exit_code() const { return kind_ == ErrorKind::kUser ? 2 : 1; }
+  int exit_code() const { return kind_ == ErrorKind::kFailure ? 1 : 2; }
 
  private:
   ErrorKind kind_;

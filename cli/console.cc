@@ -1,10 +1,14 @@
 #include "cli/console.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
 
 namespace vmctl::cli {
 
@@ -54,6 +58,16 @@ void StdinPump::run() {
       return;
     }
   }
+}
+
+Status redirect_console(const std::string& path) {
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+  if (fd < 0) {
+    return Error::user(fmt::format("cannot open console log {}: {}", path, std::strerror(errno)));
+  }
+  Fd log(fd);
+  if (::dup2(log.get(), STDOUT_FILENO) < 0) return Error::from_errno("redirecting stdout", errno);
+  return ok_status();
 }
 
 void write_stdout(const uint8_t* data, size_t len) {

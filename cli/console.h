@@ -3,10 +3,12 @@
 #pragma once
 
 #include <functional>
+#include <string>
 #include <thread>
 
 #include <termios.h>
 
+#include "base/error.h"
 #include "base/fd.h"
 
 namespace vmctl::cli {
@@ -40,6 +42,9 @@ class StdinPump {
   Fd wake_;  // eventfd that ends the thread
   std::thread thread_;
 };
+
+// Sends this process's stdout (the guest console) to `path`, appending; for VMs run by vmctld.
+Status redirect_console(const std::string& path);
 
 // Writes all of a buffer to stdout, retrying short writes.
 void write_stdout(const uint8_t* data, size_t len);

@@ -14,6 +14,8 @@
 #include <spdlog/spdlog.h>
 
 #include "base/size.h"
+#include "migrate/grpc_target.h"
+#include "migrate/precopy.h"
 #include "state/vm_state.h"
 
 namespace vmctl::cli {
@@ -59,6 +61,27 @@ Result<std::string> read_line(int fd) {
   return line;
 }
 
+nlohmann::json progress_json(const migrate::Progress& p) {
+  nlohmann::json j = {{"phase", p.phase},
+                      {"round", p.round},
+                      {"bytes_sent", p.bytes_sent},
+                      {"pages_sent", p.pages_sent},
+                      {"remaining_bytes", p.remaining_bytes},
+                      {"bandwidth_mib_s", p.bandwidth_mib_s},
+                      {"dirty_rate_mib_s", p.dirty_rate_mib_s},
+                      {"expected_downtime_ms", p.expected_downtime_ms},
+                      {"throttle_percent", p.throttle_percent},
+                      {"elapsed_seconds", p.elapsed_seconds}};
+  if (!p.error.empty()) j["error"] = p.error;
+  if (p.phase == "done") {
+    j["downtime"] = {{"pause_to_last_page_ms", p.downtime.pause_to_last_page_ms},
+                     {"last_page_to_state_ms", p.downtime.last_page_to_state_ms},
+                     {"state_to_resumed_ms", p.downtime.state_to_resumed_ms},
+                     {"total_ms", p.downtime.total_ms}};
+  }
+  return j;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<ControlServer>> ControlServer::start(vmm::Vm& vm, const std::string& path,
@@ -83,12 +106,59 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(vmm::Vm& vm, const s
   return server;
 }
 
+void ControlServer::migrate(const nlohmann::json& request, Fd conn) {
+  auto send = [&](const nlohmann::json& line) { (void)write_all(conn.get(), line.dump() + "\n"); };
+  migrate::PrecopyOptions options;
+  options.downtime_ms = request.value("downtime_ms", 30.0);
+  options.max_rounds = request.value("max_rounds", 30u);
+  options.max_seconds = request.value("max_seconds", 120.0);
+  options.auto_converge = request.value("auto_converge", false);
+  options.compression_level = request.value("compression", 0);
+  migrate::TlsConfig tls;
+  if (request.contains("tls")) {
+    tls.ca = request["tls"].value("ca", "");
+    tls.cert = request["tls"].value("cert", "");
+    tls.key = request["tls"].value("key", "");
+  }
+  std::string destination = request.value("destination", "");
+  spdlog::info("migrating to {}", destination);
+  Result<std::unique_ptr<migrate::GrpcMigrationTarget>> target =
+      migrate::GrpcMigrationTarget::connect(destination, tls,
+                                            request.value("destination_name", "vm"));
+  Result<migrate::Progress> result =
+      target.ok()
+          ? migrate::migrate_vm(
+                vm_, **target, options, [&](const migrate::Progress& p) { send(progress_json(p)); },
+                cancel_migration_)
+          : Result<migrate::Progress>(std::move(target).error());
+  // Pages the migration cleared from KVM's log are gone from the diff tracker's view: the next
+  // diff snapshot needs a new full one first.
+  dirty_ = state::DirtyTracker();
+  if (!result.ok()) {
+    spdlog::warn("migration to {} failed: {}", destination, result.error().message());
+    if (!target.ok()) {
+      migrate::Progress failed;
+      failed.phase = "failed";
+      failed.error = result.error().message();
+      send(progress_json(failed));
+    }
+    migrating_ = false;
+    return;
+  }
+  spdlog::info("migrated to {}; this VM ends here", destination);
+  migrating_ = false;
+  conn.reset();  // the daemon sees the final line before the process ends
+  vm_.stop();
+}
+
 ControlServer::~ControlServer() {
   uint64_t one = 1;
   if (::write(wake_.get(), &one, sizeof(one)) < 0) {
     // Nothing to do: the thread also ends when the listener closes.
   }
   if (thread_.joinable()) thread_.join();
+  cancel_migration_ = true;
+  if (migration_thread_.joinable()) migration_thread_.join();
   ::unlink(path_.c_str());
 }
 
@@ -109,6 +179,19 @@ void ControlServer::serve() {
     nlohmann::json request = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
     if (request.is_discarded() || !request.is_object()) {
       answer = {{"ok", false}, {"error", "the request is not a JSON object"}};
+    } else if (request.value("op", "") == "migrate") {
+      // Long-running, with progress lines on its connection: its own thread, so status and
+      // cancel_migration requests are still served meanwhile.
+      if (migrating_) {
+        answer = {{"ok", false}, {"error", "a migration of this VM is in progress already"}};
+      } else {
+        if (migration_thread_.joinable()) migration_thread_.join();
+        migrating_ = true;
+        cancel_migration_ = false;
+        migration_thread_ = std::thread(
+            [this, request, c = std::move(conn)]() mutable { migrate(request, std::move(c)); });
+        continue;
+      }
     } else {
       answer = handle(request);
     }
@@ -122,7 +205,34 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
     return {{"ok", true},
             {"paused", vm_.paused()},
             {"vcpus", vm_.num_cpus()},
-            {"memory", vm_.memory().ram_size()}};
+            {"memory", vm_.memory().ram_size()},
+            {"pid", ::getpid()}};
+  }
+  if (op == "stats") {
+    Result<std::vector<vmm::VcpuStats>> stats = vm_.exit_stats();
+    if (!stats.ok()) return {{"ok", false}, {"error", stats.error().message()}};
+    nlohmann::json vcpus = nlohmann::json::array();
+    for (const vmm::VcpuStats& v : *stats) {
+      nlohmann::json counters = nlohmann::json::object();
+      for (const auto& value : v.values) counters[value.name] = value.value;
+      vcpus.push_back({{"vcpu", v.vcpu}, {"counters", counters}});
+    }
+    return {{"ok", true}, {"vcpus", vcpus}};
+  }
+  if (op == "console") {
+    std::string data = request.value("data", "");
+    vm_.console_input(reinterpret_cast<const uint8_t*>(data.data()), data.size());
+    return {{"ok", true}};
+  }
+  if (op == "cancel_migration") {
+    if (!migrating_) return {{"ok", false}, {"error", "no migration is in progress"}};
+    cancel_migration_ = true;
+    return {{"ok", true}};
+  }
+  if (op == "stop") {
+    // The session sees the VM end and the process exits with the stopped status.
+    vm_.stop();
+    return {{"ok", true}};
   }
   if (op == "pause") {
     if (!paused_by_us_) vm_.pause();
@@ -135,6 +245,8 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
     return {{"ok", true}};
   }
   if (op == "snapshot") {
+    if (migrating_)
+      return {{"ok", false}, {"error", "the VM is being migrated: snapshot it later"}};
     std::string path = request.value("path", "");
     if (path.empty()) return {{"ok", false}, {"error", "snapshot needs a path"}};
     state::SnapshotOptions options;
@@ -158,6 +270,31 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
             {"paused", options.leave_paused}};
   }
   return {{"ok", false}, {"error", fmt::format("unknown control operation '{}'", op)}};
+}
+
+Status control_stream(const std::string& path, const nlohmann::json& request,
+                      const std::function<void(const nlohmann::json&)>& on_line) {
+  sockaddr_un addr = TRY(unix_address(path));
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return Error::from_errno("creating a socket", errno);
+  Fd conn(fd);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    return Error::user(
+        fmt::format("cannot reach the VM's control socket {}: {}", path, std::strerror(errno)));
+  }
+  TRY(write_all(fd, request.dump() + "\n"));
+  while (true) {
+    std::string line = TRY(read_line(fd));
+    if (line.empty()) return ok_status();  // the VM closed the stream
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      return Error::failure(fmt::format("the VM at {} sent a malformed line", path));
+    }
+    if (j.contains("ok") && !j.value("ok", false)) {
+      return Error::user(j.value("error", "request failed"));
+    }
+    on_line(j);
+  }
 }
 
 Result<nlohmann::json> control_request(const std::string& path, const nlohmann::json& request) {

@@ -1,11 +1,14 @@
 // The control socket of a foreground VM (`vmctl run --control PATH`, `vmctl restore --control`):
 // a unix socket that accepts one JSON request per connection and answers with one JSON line.
-// Requests: {"op":"snapshot","path":P,"stop":bool,"diff":bool,"compression":N}, {"op":"pause"},
-// {"op":"resume"}, {"op":"status"}. Answers: {"ok":true,...} or {"ok":false,"error":"..."}.
+// Requests: {"op":"snapshot","path":P,"stop":bool,"diff":bool,"compression":N,"memory_file":M},
+// {"op":"pause"}, {"op":"resume"}, {"op":"status"}, {"op":"stats"} (KVM exit statistics),
+// {"op":"console","data":S} (bytes to the guest's COM1), {"op":"stop"}.
+// Answers: {"ok":true,...} or {"ok":false,"error":"..."}. vmctld drives its VMs through it.
 // The socket file is created with mode 0600: only its owner may drive the VM.
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -30,6 +33,9 @@ class ControlServer {
       : vm_(vm), path_(std::move(path)), listener_(std::move(listener)) {}
   void serve();
   nlohmann::json handle(const nlohmann::json& request);
+  // {"op":"migrate",...}: runs the pre-copy migration, one JSON progress line per round on
+  // `conn`, the last one with phase done/failed/cancelled. On success the VM ends here.
+  void migrate(const nlohmann::json& request, Fd conn);
 
   vmm::Vm& vm_;
   std::string path_;
@@ -38,10 +44,18 @@ class ControlServer {
   std::thread thread_;
   bool paused_by_us_ = false;
   state::DirtyTracker dirty_;  // for --diff snapshots
+  std::thread migration_thread_;
+  std::atomic<bool> migrating_{false};
+  std::atomic<bool> cancel_migration_{false};
 };
 
 // Sends one request to the control socket at `path` and returns the parsed answer (an error if the
 // socket is unreachable or the answer says ok=false).
 Result<nlohmann::json> control_request(const std::string& path, const nlohmann::json& request);
+
+// Sends one request and passes every answer line to `on_line` until the VM closes the
+// connection (the migrate operation's progress). An {"ok":false} line ends it with that error.
+Status control_stream(const std::string& path, const nlohmann::json& request,
+                      const std::function<void(const nlohmann::json&)>& on_line);
 
 }  // namespace vmctl::cli

@@ -122,6 +122,8 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   run->add_option("--cpus", o.cpus, "Number of vCPUs")->capture_default_str();
   run->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics when the VM ends");
   run->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
+  run->add_option("--console-log", o.console_log,
+                  "Append the guest's console to this file instead of this terminal");
   run->add_option("--control", o.control,
                   "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
   return run;
@@ -141,6 +143,13 @@ int run_vm(const RunOptions& o) {
   if (!memory.ok()) {
     std::fprintf(stderr, "vmctl: --memory: %s\n", memory.error().message().c_str());
     return 2;
+  }
+  if (!o.console_log.empty()) {
+    Status redirected = redirect_console(o.console_log);
+    if (!redirected.ok()) {
+      std::fprintf(stderr, "vmctl: %s\n", redirected.error().message().c_str());
+      return redirected.error().exit_code();
+    }
   }
   vmm::VmConfig config;
   config.memory_size = *memory;

@@ -18,7 +18,8 @@ struct RunOptions {
   unsigned cpus = 1;
   bool stats = false;
   bool quiet = false;
-  std::string control;  // unix socket for snapshot/pause/resume requests
+  std::string control;      // unix socket for snapshot/pause/resume requests
+  std::string console_log;  // guest console to this file instead of stdout
 };
 
 // Adds the `run` subcommand to `app`; `options` must outlive parsing.

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -26,10 +27,15 @@ int fail(const Error& error) {
 StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   StateCommands c;
   c.snapshot = app.add_subcommand("snapshot", "Write a running VM's complete state to a file");
-  c.snapshot->add_option("file", o.file, "Snapshot file to write (replaced atomically)")
-      ->required();
-  c.snapshot->add_option("--control", o.control, "The VM's control socket (vmctl run --control)")
-      ->required();
+  c.snapshot
+      ->add_option("args", o.args,
+                   "NAME FILE for a VM of vmctld; FILE alone with --control (replaced "
+                   "atomically)")
+      ->required()
+      ->expected(1, 2);
+  c.snapshot->add_option("--control", o.control,
+                         "A foreground VM's control socket (vmctl run --control) instead of a "
+                         "VM of vmctld");
   c.snapshot->add_flag("--stop", o.stop, "Leave the VM paused afterwards (vmctl resume continues)");
   c.snapshot->add_flag(
       "--diff", o.diff,
@@ -47,14 +53,20 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
       "snapshot in place or damages an older one. After a snapshot the VM tracks the pages it\n"
       "dirties, so the next one can be a --diff naming this one as its parent.\n\n"
       "Example:\n"
-      "  vmctl run --control /run/vm1.sock &\n"
+      "  vmctl snapshot web1 /srv/snap/web1.snap          # a VM of vmctld\n"
+      "  vmctl run --control /run/vm1.sock &              # a foreground VM\n"
       "  vmctl snapshot --control /run/vm1.sock base.snap\n"
       "  vmctl snapshot --control /run/vm1.sock --diff d1.snap\n"
       "  vmctl restore base.snap d1.snap\n"
       "  vmctl snapshot --control /run/vm1.sock --memory-file vm1.mem vm1.snap\n"
       "  vmctl restore --lazy vm1.snap");
 
-  c.restore = app.add_subcommand("restore", "Start a VM in this process from a snapshot file");
+  c.restore = app.add_subcommand(
+      "restore", "Start a VM from a snapshot: in this process, or on vmctld with --name");
+  c.restore->add_option("--name", o.name,
+                        "Restore as a new VM of vmctld with this name (instead of in this "
+                        "process)");
+  c.restore->add_flag("--json", o.json, "With --name: print the VM's info as JSON");
   c.restore->add_option("files", o.chain, "A full snapshot, then its diff snapshots in order")
       ->required()
       ->check(CLI::ExistingFile);
@@ -62,6 +74,8 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "Restore but do not run the vCPUs until `vmctl resume --control`");
   c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
   c.restore->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics at the end");
+  c.restore->add_option("--console-log", o.console_log,
+                        "Append the guest's console to this file instead of this terminal");
   c.restore->add_flag("--lazy", o.lazy,
                       "Map the snapshot's memory file (snapshot --memory-file) instead of reading "
                       "it: restore time does not grow with RAM, pages load as the guest touches "
@@ -82,16 +96,69 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
       "Prints the header, the records with their sizes, each vCPU's registers and its local APIC\n"
       "(ISR/IRR/TMR vectors, TPR, derived PPR, LVTs, mode).");
 
-  c.pause = app.add_subcommand("pause", "Pause a foreground VM's vCPUs");
-  c.pause->add_option("--control", o.control, "The VM's control socket")->required();
+  c.pause = app.add_subcommand("pause", "Pause a VM's vCPUs");
   c.resume = app.add_subcommand("resume",
                                 "Resume a VM paused by pause, snapshot --stop or restore "
                                 "--paused");
-  c.resume->add_option("--control", o.control, "The VM's control socket")->required();
+  for (CLI::App* verb : {c.pause, c.resume}) {
+    verb->add_option("name", o.name, "A VM of vmctld");
+    verb->add_option("--control", o.control, "A foreground VM's control socket instead");
+    verb->add_flag("--json", o.json, "Print the VM's info as JSON");
+  }
+  c.receive = app.add_subcommand(
+      "receive", "Internal: restore a VM from a migration stream (vmctld runs this)");
+  c.receive->group("");  // hidden from --help: operators use `vmctl migrate`
+  c.receive->add_option("--stream-fd", o.stream_fd, "Descriptor carrying the record stream")
+      ->required();
+  c.receive->add_option("--control", o.control, "Listen on this unix socket");
+  c.receive->add_option("--console-log", o.console_log, "Append the guest's console here");
   return c;
 }
 
-int snapshot_command(const StateOptions& o) {
+int receive_command(const StateOptions& o) {
+  block_stop_signals();
+  if (!o.console_log.empty()) {
+    Status redirected = redirect_console(o.console_log);
+    if (!redirected.ok()) return fail(redirected.error());
+  }
+  // The verdict goes back on the stream's descriptor: one line, RESTORED or FAILED.
+  int verdict_fd = ::dup(o.stream_fd);
+  auto verdict = [&](const std::string& line) {
+    std::string text = line + "\n";
+    if (::write(verdict_fd, text.data(), text.size()) < 0) {
+      // The daemon is gone; the VM's fate is decided by what follows (the session, or exit).
+    }
+  };
+  std::unique_ptr<state::FileSource> source =
+      state::FileSource::adopt(Fd(o.stream_fd), "migration stream");
+  state::RecordReader reader(*source, "migration stream");
+  state::RestoreOptions options;
+  options.console_output = write_stdout;
+  auto start = std::chrono::steady_clock::now();
+  Result<std::unique_ptr<vmm::Vm>> vm = state::restore_vm(reader, options);
+  if (!vm.ok()) {
+    verdict("FAILED " + vm.error().message());
+    ::close(verdict_fd);
+    return fail(vm.error());
+  }
+  double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  // The session starts the vCPUs right after the verdict: acknowledged, then resumed.
+  verdict(fmt::format("RESTORED {:.3f}", ms));
+  ::close(verdict_fd);
+  std::fprintf(stderr, "vmctl: received the VM (%s, %u vCPUs); it runs here now\n",
+               format_size((*vm)->memory().ram_size()).c_str(), (*vm)->num_cpus());
+  return run_session(**vm, SessionOptions{false, false, false, o.control});
+}
+
+int snapshot_command(StateOptions& o) {
+  if (o.args.size() != 1) {
+    std::fprintf(stderr,
+                 "vmctl: snapshot --control SOCKET takes one FILE (NAME FILE is for a VM of "
+                 "vmctld)\n");
+    return 2;
+  }
+  o.file = o.args[0];
   nlohmann::json request = {{"op", "snapshot"},
                             {"path", o.file},
                             {"stop", o.stop},
@@ -126,6 +193,10 @@ int restore_command(const StateOptions& o) {
   block_stop_signals();
   state::RestoreOptions options;
   options.console_output = write_stdout;
+  if (!o.console_log.empty()) {
+    Status redirected = redirect_console(o.console_log);
+    if (!redirected.ok()) return fail(redirected.error());
+  }
   options.lazy = o.lazy;
   options.strict_tsc = o.strict_tsc;
   state::StreamInfo info;

@@ -10,6 +10,8 @@
 namespace vmctl::cli {
 
 struct StateOptions {
+  std::vector<std::string> args;  // snapshot: [NAME] FILE
+  std::string name;               // a VM of vmctld (pause, resume, restore --name)
   std::string file;
   std::vector<std::string> chain;  // restore: a full snapshot and its diffs
   bool diff = false;
@@ -23,6 +25,8 @@ struct StateOptions {
   std::string memory_file;  // snapshot: guest RAM to this raw file
   bool lazy = false;        // restore: map the memory file
   bool strict_tsc = false;
+  std::string console_log;
+  int stream_fd = -1;  // receive: the migration stream's descriptor
 };
 
 struct StateCommands {
@@ -31,12 +35,14 @@ struct StateCommands {
   CLI::App* inspect;
   CLI::App* pause;
   CLI::App* resume;
+  CLI::App* receive;
 };
 
 StateCommands add_state_commands(CLI::App& app, StateOptions& options);
-int snapshot_command(const StateOptions& options);
+int snapshot_command(StateOptions& options);
 int restore_command(const StateOptions& options);
 int inspect_command(const StateOptions& options);
 int pause_resume_command(const StateOptions& options, bool pause);
+int receive_command(const StateOptions& options);
 
 }  // namespace vmctl::cli

@@ -108,6 +108,10 @@ class FileSink : public ByteSink {
 class FileSource : public ByteSource {
  public:
   static Result<std::unique_ptr<FileSource>> open(const std::string& path);
+  // Any readable descriptor (a socket carrying a migration stream); `name` is for messages.
+  static std::unique_ptr<FileSource> adopt(Fd fd, std::string name) {
+    return std::unique_ptr<FileSource>(new FileSource(std::move(name), std::move(fd), 0));
+  }
   Result<size_t> read(void* data, size_t len) override;
   uint64_t size() const { return size_; }
 

@@ -546,28 +546,48 @@ Status write_trailer(RecordWriter& writer, const MemoryStats& memory) {
 
 }  // namespace
 
-Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options) {
-  Clock::time_point start = Clock::now();
-  CaptureStats stats;
-  stats.snapshot_id = new_snapshot_id();
+Status write_stream_header(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options,
+                           const std::string& stream_id) {
+  TRY_CTX(write_header(vm, writer, options, stream_id), "writing the header");
+  return ok_status();
+}
+
+std::string new_stream_id() {
+  return new_snapshot_id();
+}
+
+Result<PageStats> write_pages(vmm::Vm& vm, RecordWriter& writer, const DirtyBitmaps* dirty) {
+  MemoryStats memory = TRY_CTX(write_memory(vm, writer, dirty), "writing guest memory");
+  return PageStats{memory.pages, memory.zero_pages};
+}
+
+Status write_machine_state(vmm::Vm& vm, RecordWriter& writer, const PageStats& pages) {
   for (unsigned i = 0; i < vm.num_cpus(); ++i) {
     // Tell a kvmclock guest it was stopped on purpose (no soft-lockup reports); EINVAL only means
     // the guest does not use kvmclock.
     (void)vm.vcpu(i).fd().kvmclock_ctrl();
   }
-  TRY_CTX(write_header(vm, writer, options, stats.snapshot_id), "writing the header");
-  MemoryStats memory =
-      options.memory_file
-          ? TRY_CTX(write_memory_to_file(vm, writer, options, stats.snapshot_id),
-                    "writing the memory file")
-          : TRY_CTX(write_memory(vm, writer, options.dirty), "writing guest memory");
   TRY_CTX(write_vm_records(vm, writer), "writing VM state");
   std::vector<uint32_t> msrs = TRY(saveable_msrs(vm));
   int xsave_size = vm.kvm_system().check_extension(KVM_CAP_XSAVE2);
   for (unsigned i = 0; i < vm.num_cpus(); ++i) {
     TRY(write_vcpu(vm, i, msrs, xsave_size > 0 ? static_cast<size_t>(xsave_size) : 0, writer));
   }
-  TRY(write_trailer(writer, memory));
+  TRY(write_trailer(writer, MemoryStats{pages.pages, pages.zero_pages}));
+  return ok_status();
+}
+
+Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options) {
+  Clock::time_point start = Clock::now();
+  CaptureStats stats;
+  stats.snapshot_id = new_snapshot_id();
+  TRY(write_stream_header(vm, writer, options, stats.snapshot_id));
+  MemoryStats memory =
+      options.memory_file
+          ? TRY_CTX(write_memory_to_file(vm, writer, options, stats.snapshot_id),
+                    "writing the memory file")
+          : TRY_CTX(write_memory(vm, writer, options.dirty), "writing guest memory");
+  TRY(write_machine_state(vm, writer, PageStats{memory.pages, memory.zero_pages}));
   stats.records = writer.records();
   stats.bytes = writer.bytes();
   stats.pages = memory.pages;

@@ -42,6 +42,19 @@ struct CaptureStats {
 // Writes the VM's complete state. The VM must be paused (the caller holds a PauseGuard).
 Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options);
 
+// The pieces of capture_vm, for live migration, which sends memory in rounds while the VM runs
+// and the rest once it is paused: the header; pages (all non-zero ones, or a DirtyLog record and
+// the dirty pages); then the VM-level records, every vCPU and the trailer (VM paused).
+struct PageStats {
+  uint64_t pages = 0, zero_pages = 0;
+};
+Status write_stream_header(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options,
+                           const std::string& stream_id);
+Result<PageStats> write_pages(vmm::Vm& vm, RecordWriter& writer, const DirtyBitmaps* dirty);
+Status write_machine_state(vmm::Vm& vm, RecordWriter& writer, const PageStats& pages);
+// A fresh random stream/snapshot id (32 hex digits).
+std::string new_stream_id();
+
 struct SnapshotOptions {
   int compression_level = 1;  // zstd level for memory; 0 = off
   bool leave_paused = false;  // `vmctl snapshot --stop`

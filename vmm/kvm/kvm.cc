@@ -273,6 +273,20 @@ Status VmFd::get_dirty_log(uint32_t slot, uint64_t* bitmap) {
   return ok_status();
 }
 
+Status VmFd::clear_dirty_log(uint32_t slot, uint64_t first_page, uint32_t num_pages,
+                             uint64_t* bitmap) {
+  kvm_clear_dirty_log clear{};
+  clear.slot = slot;
+  clear.first_page = first_page;
+  clear.num_pages = num_pages;
+  clear.dirty_bitmap = bitmap;
+  if (retry_ioctl(fd_.get(), KVM_CLEAR_DIRTY_LOG, &clear) < 0) {
+    return Error::from_errno(
+        fmt::format("KVM_CLEAR_DIRTY_LOG slot {} pages {}+{}", slot, first_page, num_pages), errno);
+  }
+  return ok_status();
+}
+
 std::string VcpuFd::what(const char* ioctl_name) const {
   return fmt::format("{} on vCPU {}", ioctl_name, index_);
 }

@@ -69,6 +69,9 @@ class VmFd {
   Status set_clock(const kvm_clock_data& clock);
   // KVM_GET_DIRTY_LOG for one slot into `bitmap` (one bit per page, 64-bit words).
   Status get_dirty_log(uint32_t slot, uint64_t* bitmap);
+  // With KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled: clears (and write-protects again) the pages
+  // set in `bitmap`, which describes `num_pages` pages from `first_page` (a multiple of 64).
+  Status clear_dirty_log(uint32_t slot, uint64_t first_page, uint32_t num_pages, uint64_t* bitmap);
   int fd() const { return fd_.get(); }
 
  private:

@@ -1,0 +1,147 @@
+// vmctld: the daemon that manages this host's VMs and sends and receives live migrations.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <limits.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include "daemon/service.h"
+#include "daemon/vm_manager.h"
+#include "migrate/channel.h"
+
+namespace {
+
+// The vmctl that runs each VM: next to vmctld when installed, or in the build tree's cli/.
+std::string default_vmctl() {
+  char self[PATH_MAX] = {};
+  ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  std::string dir = n > 0 ? std::string(self, static_cast<size_t>(n)) : "";
+  dir = dir.substr(0, dir.rfind('/'));
+  for (const std::string& candidate : {dir + "/vmctl", dir + "/../cli/vmctl"}) {
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return "vmctl";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace vmctl;
+  CLI::App app{"vmctld - the vmctl daemon: runs VMs, snapshots and live migration over gRPC"};
+  std::string socket = "/run/vmctld.sock";
+  std::string listen;
+  daemon::TlsFiles tls;
+  daemon::ManagerOptions manager_options;
+  manager_options.state_dir = "/var/lib/vmctld";
+  manager_options.vmctl_binary = default_vmctl();
+  std::string log_level = "info";
+  app.set_version_flag("--version", std::string("vmctld ") + VMCTL_VERSION);
+  app.add_option("--socket", socket, "Control endpoint: a unix socket, mode 0600")
+      ->capture_default_str();
+  app.add_option("--listen", listen,
+                 "Also listen on HOST:PORT over TCP with mutual TLS (needs --tls-*), for "
+                 "migrations from other hosts and remote control");
+  app.add_option("--tls-ca", tls.ca, "PEM CA that signs the peers' certificates");
+  app.add_option("--tls-cert", tls.cert, "PEM certificate of this daemon (server and client)");
+  app.add_option("--tls-key", tls.key, "PEM private key of this daemon");
+  app.add_option("--state-dir", manager_options.state_dir,
+                 "Where VM records, control sockets and console logs live")
+      ->capture_default_str();
+  app.add_option("--vmctl", manager_options.vmctl_binary, "The vmctl binary that runs each VM")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
+      ->capture_default_str();
+  app.footer(
+      "VMs run in their own processes and keep running when vmctld stops; a restarted vmctld\n"
+      "adopts them (or reports them LOST). Standard gRPC health checking and server reflection\n"
+      "are on. There is no unauthenticated TCP: --listen requires "
+      "--tls-ca/--tls-cert/--tls-key.\n\n"
+      "Example:\n"
+      "  vmctld --socket /run/vmctld.sock --state-dir /var/lib/vmctld &\n"
+      "  vmctl --host unix:/run/vmctld.sock create vm1 --memory 512M --start");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::from_str(log_level));
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
+
+  if (!listen.empty() && (tls.ca.empty() || tls.cert.empty() || tls.key.empty())) {
+    std::fprintf(stderr,
+                 "vmctld: --listen %s needs --tls-ca, --tls-cert and --tls-key: vmctld has no "
+                 "unauthenticated TCP listener\n",
+                 listen.c_str());
+    return 2;
+  }
+  // The signals that stop the daemon are taken by a thread of their own (blocked everywhere else,
+  // including gRPC's threads, which inherit the mask).
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  ::umask(0077);  // the control socket and the state files are the operator's alone
+
+  Result<std::unique_ptr<daemon::VmManager>> manager = daemon::VmManager::open(manager_options);
+  if (!manager.ok()) {
+    std::fprintf(stderr, "vmctld: %s\n", manager.error().message().c_str());
+    return manager.error().exit_code();
+  }
+  daemon::VmctlService vmctl_service(**manager, tls);
+  daemon::MigrationReceiverService receiver(**manager);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  ::unlink(socket.c_str());  // a stale socket from a daemon that is gone
+  builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  if (!listen.empty()) {
+    grpc::SslServerCredentialsOptions ssl(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    Result<std::string> ca = migrate::read_text_file(tls.ca, "TLS CA");
+    Result<std::string> cert = migrate::read_text_file(tls.cert, "TLS certificate");
+    Result<std::string> key = migrate::read_text_file(tls.key, "TLS key");
+    for (const auto* r : {&ca, &cert, &key}) {
+      if (!r->ok()) {
+        std::fprintf(stderr, "vmctld: %s\n", r->error().message().c_str());
+        return 2;
+      }
+    }
+    ssl.pem_root_certs = *ca;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    builder.AddListeningPort(listen, grpc::SslServerCredentials(ssl));
+  }
+  builder.RegisterService(&vmctl_service);
+  builder.RegisterService(&receiver);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server) {
+    std::fprintf(stderr,
+                 "vmctld: cannot listen on unix:%s%s: is another vmctld running, and is "
+                 "the directory writable?\n",
+                 socket.c_str(), listen.empty() ? "" : (" or " + listen).c_str());
+    return 1;
+  }
+  ::chmod(socket.c_str(), 0600);
+  spdlog::info("vmctld {} listening on unix:{}{}; state in {}; VMs run by {}", VMCTL_VERSION,
+               socket, listen.empty() ? "" : fmt::format(" and {} (mutual TLS)", listen),
+               manager_options.state_dir, manager_options.vmctl_binary);
+
+  std::thread stopper([&] {
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    spdlog::info("{}: stopping (VMs keep running)", strsignal(sig));
+    server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  });
+  server->Wait();
+  stopper.join();
+  ::unlink(socket.c_str());
+  return 0;
+}

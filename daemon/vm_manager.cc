@@ -1,0 +1,678 @@
+#include "daemon/vm_manager.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <regex>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "cli/control.h"
+
+extern char** environ;
+
+namespace vmctl::daemon {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+int64_t now_unix_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+bool is_live(v1::VmState s) {
+  return s == v1::VM_STATE_RUNNING || s == v1::VM_STATE_PAUSED || s == v1::VM_STATE_MIGRATING;
+}
+
+Status make_dir(const std::string& path, mode_t mode) {
+  if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) {
+    return Error::user(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
+  }
+  return ok_status();
+}
+
+nlohmann::json config_to_json(const v1::VmConfig& c) {
+  return {{"kernel", c.kernel()},
+          {"initrd", c.initrd()},
+          {"cmdline", c.cmdline()},
+          {"memory_bytes", c.memory_bytes()},
+          {"cpus", c.cpus()}};
+}
+
+v1::VmConfig config_from_json(const nlohmann::json& j) {
+  v1::VmConfig c;
+  c.set_kernel(j.value("kernel", ""));
+  c.set_initrd(j.value("initrd", ""));
+  c.set_cmdline(j.value("cmdline", ""));
+  c.set_memory_bytes(j.value("memory_bytes", uint64_t{0}));
+  c.set_cpus(j.value("cpus", 0u));
+  return c;
+}
+
+// The arguments of `vmctl run` for a config.
+std::vector<std::string> run_args(const v1::VmConfig& c) {
+  std::vector<std::string> args = {"run"};
+  if (!c.kernel().empty()) args.insert(args.end(), {"--kernel", c.kernel()});
+  if (!c.initrd().empty()) args.insert(args.end(), {"--initrd", c.initrd()});
+  if (!c.cmdline().empty()) args.insert(args.end(), {"--cmdline", c.cmdline()});
+  args.insert(args.end(), {"--memory", std::to_string(c.memory_bytes())});
+  args.insert(args.end(), {"--cpus", std::to_string(c.cpus())});
+  return args;
+}
+
+}  // namespace
+
+Status validate_vm_name(const std::string& name) {
+  static const std::regex valid("[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}");
+  if (!std::regex_match(name, valid)) {
+    return Error::user(fmt::format(
+        "invalid VM name '{}': use 1 to 64 of A-Z a-z 0-9 _ . - (not starting with a dot)", name));
+  }
+  return ok_status();
+}
+
+const char* vm_state_name(v1::VmState state) {
+  switch (state) {
+    case v1::VM_STATE_CREATED:
+      return "created";
+    case v1::VM_STATE_RUNNING:
+      return "running";
+    case v1::VM_STATE_PAUSED:
+      return "paused";
+    case v1::VM_STATE_STOPPED:
+      return "stopped";
+    case v1::VM_STATE_FAILED:
+      return "failed";
+    case v1::VM_STATE_MIGRATING:
+      return "migrating";
+    case v1::VM_STATE_MIGRATED:
+      return "migrated";
+    case v1::VM_STATE_LOST:
+      return "lost";
+    default:
+      return "unknown";
+  }
+}
+
+Result<std::unique_ptr<VmManager>> VmManager::open(const ManagerOptions& options) {
+  std::unique_ptr<VmManager> manager(new VmManager(options));
+  TRY(make_dir(options.state_dir, 0700));
+  TRY(make_dir(options.state_dir + "/vms", 0700));
+  TRY(manager->load());
+  return manager;
+}
+
+VmManager::~VmManager() {
+  std::vector<std::thread> watchers;
+  {
+    std::lock_guard lock(mu_);
+    shutting_down_ = true;
+    for (auto& [name, e] : vms_) {
+      if (e->watcher.joinable()) watchers.push_back(std::move(e->watcher));
+    }
+  }
+  cv_.notify_all();
+  // Child watchers block in waitpid on processes that keep running: let them go with the daemon.
+  for (std::thread& t : watchers) t.detach();
+}
+
+std::string VmManager::vm_dir(const std::string& name) const {
+  return options_.state_dir + "/vms/" + name;
+}
+std::string VmManager::socket_path(const std::string& name) const {
+  return vm_dir(name) + "/control.sock";
+}
+std::string VmManager::console_path(const std::string& name) const {
+  return vm_dir(name) + "/console.log";
+}
+std::string VmManager::log_path(const std::string& name) const {
+  return vm_dir(name) + "/vmctl.log";
+}
+
+VmManager::Entry* VmManager::find(const std::string& name) {
+  auto it = vms_.find(name);
+  return it == vms_.end() ? nullptr : it->second.get();
+}
+
+Result<VmManager::Entry*> VmManager::find_or_error(const std::string& name) {
+  Entry* e = find(name);
+  if (!e) return Error::not_found(fmt::format("no VM named '{}' (vmctl list shows them)", name));
+  return e;
+}
+
+v1::VmInfo VmManager::info(const Entry& e) const {
+  v1::VmInfo i;
+  i.set_name(e.name);
+  i.set_state(e.state);
+  *i.mutable_config() = e.config;
+  i.set_pid(e.pid);
+  i.set_console_log(console_path(e.name));
+  i.set_error(e.error);
+  i.set_exit_code(e.exit_code);
+  i.set_created_unix_ms(e.created_unix_ms);
+  i.set_migrated_to(e.migrated_to);
+  return i;
+}
+
+Status VmManager::persist(const Entry& e) const {
+  nlohmann::json j = {{"name", e.name},
+                      {"config", config_to_json(e.config)},
+                      {"state", vm_state_name(e.state)},
+                      {"state_code", static_cast<int>(e.state)},
+                      {"pid", e.pid},
+                      {"exit_code", e.exit_code},
+                      {"error", e.error},
+                      {"migrated_to", e.migrated_to},
+                      {"created_unix_ms", e.created_unix_ms}};
+  std::string path = vm_dir(e.name) + "/vm.json";
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << j.dump(2) << "\n";
+    if (!out) return Error::failure(fmt::format("cannot write {}", tmp));
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    return Error::from_errno(fmt::format("renaming {}", tmp), errno);
+  }
+  return ok_status();
+}
+
+void VmManager::changed(Entry& e) {
+  ++e.version;
+  Status s = persist(e);
+  if (!s.ok()) spdlog::error("VM {}: {}", e.name, s.error().message());
+  cv_.notify_all();
+}
+
+Status VmManager::load() {
+  std::string dir = options_.state_dir + "/vms";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return Error::user(fmt::format("cannot read {}: {}", dir, std::strerror(errno)));
+  std::vector<std::string> names;
+  while (dirent* ent = ::readdir(d)) {
+    std::string n = ent->d_name;
+    if (n != "." && n != "..") names.push_back(n);
+  }
+  ::closedir(d);
+  std::lock_guard lock(mu_);
+  for (const std::string& name : names) {
+    std::ifstream in(vm_dir(name) + "/vm.json");
+    if (!in) continue;
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) {
+      spdlog::warn("ignoring {}/vm.json: not valid JSON", vm_dir(name));
+      continue;
+    }
+    auto e = std::make_unique<Entry>();
+    e->name = name;
+    e->config = config_from_json(j.value("config", nlohmann::json::object()));
+    e->state = static_cast<v1::VmState>(j.value("state_code", 0));
+    e->pid = j.value("pid", 0);
+    e->exit_code = j.value("exit_code", 0);
+    e->error = j.value("error", "");
+    e->migrated_to = j.value("migrated_to", "");
+    e->created_unix_ms = j.value("created_unix_ms", int64_t{0});
+    if (is_live(e->state)) {
+      // Adopt the VM if its process is still there and answers on its control socket.
+      bool alive = e->pid > 0 && ::kill(e->pid, 0) == 0;
+      Result<nlohmann::json> status =
+          alive ? cli::control_request(socket_path(name), {{"op", "status"}})
+                : Result<nlohmann::json>(Error::user("no process"));
+      if (status.ok() && status->value("pid", 0) == e->pid) {
+        e->state = status->value("paused", false) ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
+        e->our_child = false;
+        spdlog::info("VM {}: adopted its running process {}", name, e->pid);
+        e->watcher = std::thread(&VmManager::watch_adopted, this, name, e->pid);
+      } else {
+        e->error = fmt::format(
+            "was {} as process {} when vmctld stopped, and {}: its state is gone (restore it "
+            "from a snapshot, or delete it)",
+            vm_state_name(e->state), e->pid,
+            alive ? "that process no longer answers on its control socket"
+                  : "that process has ended");
+        spdlog::warn("VM {}: lost: {}", name, e->error);
+        e->state = v1::VM_STATE_LOST;
+        e->pid = 0;
+      }
+    }
+    changed(*e);
+    vms_[name] = std::move(e);
+  }
+  return ok_status();
+}
+
+Result<v1::VmInfo> VmManager::create(const std::string& name, const v1::VmConfig& config) {
+  TRY(validate_vm_name(name));
+  std::lock_guard lock(mu_);
+  if (find(name)) return Error::conflict(fmt::format("a VM named '{}' exists already", name));
+  if (!config.kernel().empty() && ::access(config.kernel().c_str(), R_OK) != 0) {
+    return Error::user(fmt::format("kernel {} is not readable on the daemon's host: {}",
+                                   config.kernel(), std::strerror(errno)));
+  }
+  TRY(make_dir(vm_dir(name), 0700));
+  auto e = std::make_unique<Entry>();
+  e->name = name;
+  e->config = config;
+  if (e->config.memory_bytes() == 0) e->config.set_memory_bytes(256ull << 20);
+  if (e->config.cpus() == 0) e->config.set_cpus(1);
+  e->created_unix_ms = now_unix_ms();
+  changed(*e);
+  v1::VmInfo result = info(*e);
+  vms_[name] = std::move(e);
+  spdlog::info("VM {}: created", name);
+  return result;
+}
+
+Result<pid_t> VmManager::spawn(const std::string& name, const std::vector<std::string>& args,
+                               const std::vector<int>& inherit_fds) {
+  std::vector<std::string> argv_storage = {options_.vmctl_binary};
+  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
+  argv_storage.insert(argv_storage.end(),
+                      {"--control", socket_path(name), "--console-log", console_path(name)});
+  std::vector<char*> argv;
+  for (std::string& a : argv_storage) argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::string log = log_path(name);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
+                                   O_WRONLY | O_CREAT | O_APPEND, 0640);
+  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+  // Descriptors the VM process takes over (the migration stream) become 3, 4, ...
+  for (size_t i = 0; i < inherit_fds.size(); ++i) {
+    posix_spawn_file_actions_adddup2(&actions, inherit_fds[i], static_cast<int>(3 + i));
+  }
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none, defaults;
+  sigemptyset(&none);
+  sigemptyset(&defaults);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGCHLD}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  // Its own session: a VM survives the daemon's terminal and the daemon's restart.
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  pid_t pid = 0;
+  int r = ::posix_spawn(&pid, options_.vmctl_binary.c_str(), &actions, &attr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (r != 0) {
+    return Error::failure(
+        fmt::format("starting {} for VM {}: {}", options_.vmctl_binary, name, std::strerror(r)));
+  }
+  return pid;
+}
+
+std::string VmManager::last_log_line(const std::string& name) const {
+  std::ifstream in(log_path(name));
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (!line.empty()) last = line;
+  }
+  if (last.rfind("vmctl: ", 0) == 0) last = last.substr(7);
+  return last;
+}
+
+void VmManager::watch_child(std::string name, pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  std::lock_guard lock(mu_);
+  Entry* e = find(name);
+  if (!e || e->pid != pid) return;
+  e->pid = 0;
+  if (e->state == v1::VM_STATE_MIGRATED) {
+    // The process ended because the VM now runs elsewhere.
+  } else if (WIFSIGNALED(status)) {
+    e->state = v1::VM_STATE_FAILED;
+    e->error = fmt::format("the VM process {} was killed by signal {} ({})", pid, WTERMSIG(status),
+                           strsignal(WTERMSIG(status)));
+  } else {
+    e->exit_code = WEXITSTATUS(status);
+    e->state = v1::VM_STATE_STOPPED;
+    e->error = e->exit_code == 0 ? "" : last_log_line(name);
+  }
+  spdlog::info("VM {}: process {} ended: {}{}", name, pid, vm_state_name(e->state),
+               e->error.empty() ? "" : " (" + e->error + ")");
+  changed(*e);
+}
+
+void VmManager::watch_adopted(std::string name, pid_t pid) {
+  // Not our child: no exit status, only whether it is still there.
+  while (true) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::lock_guard lock(mu_);
+    if (shutting_down_) return;
+    Entry* e = find(name);
+    if (!e || e->pid != pid) return;
+    if (::kill(pid, 0) == 0) continue;
+    e->pid = 0;
+    if (e->state != v1::VM_STATE_MIGRATED) {
+      e->state = v1::VM_STATE_STOPPED;
+      e->error =
+          "the VM process ended; its exit status is unknown (it was adopted after a "
+          "vmctld restart)";
+    }
+    changed(*e);
+    return;
+  }
+}
+
+Result<nlohmann::json> VmManager::control(const std::string& name, const nlohmann::json& request) {
+  return cli::control_request(socket_path(name), request);
+}
+
+Status VmManager::wait_until_ready(const std::string& name, pid_t pid) {
+  Clock::time_point deadline = Clock::now() + std::chrono::seconds(60);
+  while (Clock::now() < deadline) {
+    {
+      std::lock_guard lock(mu_);
+      Entry* e = find(name);
+      if (!e || e->pid != pid) {
+        std::string why = last_log_line(name);
+        return Error::user(why.empty() ? "the VM process ended at once" : why);
+      }
+    }
+    Result<nlohmann::json> status = control(name, {{"op", "status"}});
+    if (status.ok()) return ok_status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ::kill(pid, SIGKILL);
+  return Error::failure("the VM process did not open its control socket within 60 s");
+}
+
+Result<v1::VmInfo> VmManager::launch(Entry& e, const Launch& launch,
+                                     std::unique_lock<std::mutex>& lock,
+                                     const std::vector<int>& inherit_fds) {
+  std::string name = e.name;
+  if (e.watcher.joinable()) e.watcher.join();  // the previous run's watcher has finished
+  ::unlink(console_path(name).c_str());
+  ::truncate(log_path(name).c_str(), 0);
+  pid_t pid = TRY(spawn(name, launch.args, inherit_fds));
+  e.pid = pid;
+  e.our_child = true;
+  e.exit_code = 0;
+  e.error.clear();
+  e.migrated_to.clear();
+  e.state = launch.wait_ready ? v1::VM_STATE_RUNNING : v1::VM_STATE_CREATED;
+  e.watcher = std::thread(&VmManager::watch_child, this, name, pid);
+  changed(e);
+  if (!launch.wait_ready) return info(e);
+  lock.unlock();
+  Status ready = wait_until_ready(name, pid);
+  lock.lock();
+  Entry* now = find(name);
+  if (!now) return Error::failure(fmt::format("VM {} was deleted while starting", name));
+  if (!ready.ok()) {
+    now->state = v1::VM_STATE_FAILED;
+    now->error = ready.error().message();
+    changed(*now);
+    return Error(ready.error().kind(),
+                 fmt::format("{} VM {}: {}", launch.description, name, ready.error().message()));
+  }
+  spdlog::info("VM {}: {} (process {})", name, launch.description, pid);
+  return info(*now);
+}
+
+Result<v1::VmInfo> VmManager::start(const std::string& name) {
+  std::unique_lock lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  if (is_live(e->state)) return info(*e);  // starting a running VM is a no-op
+  if (e->state == v1::VM_STATE_MIGRATED) {
+    return Error::conflict(
+        fmt::format("VM {} was migrated to {}: it runs there now", name, e->migrated_to));
+  }
+  return launch(*e, Launch{run_args(e->config), "booting"}, lock, {});
+}
+
+Result<v1::VmInfo> VmManager::start_new(const std::string& name, const Launch& how,
+                                        std::vector<int> inherit_fds) {
+  TRY(validate_vm_name(name));
+  std::unique_lock lock(mu_);
+  if (Entry* old = find(name)) {
+    if (is_live(old->state)) {
+      return Error::conflict(fmt::format("a VM named '{}' is running here already", name));
+    }
+    // A stopped or migrated-away VM of that name gives its place to the new one.
+    if (old->watcher.joinable()) old->watcher.join();
+    vms_.erase(name);
+  }
+  TRY(make_dir(vm_dir(name), 0700));
+  auto e = std::make_unique<Entry>();
+  e->name = name;
+  e->created_unix_ms = now_unix_ms();
+  Entry& entry = *e;
+  vms_[name] = std::move(e);
+  return launch(entry, how, lock, inherit_fds);
+}
+
+Result<v1::VmInfo> VmManager::pause(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  if (e->state == v1::VM_STATE_PAUSED) return info(*e);
+  if (e->state != v1::VM_STATE_RUNNING) {
+    return Error::conflict(fmt::format("VM {} is {}, not running", name, vm_state_name(e->state)));
+  }
+  TRY(control(name, {{"op", "pause"}}));
+  e->state = v1::VM_STATE_PAUSED;
+  changed(*e);
+  return info(*e);
+}
+
+Result<v1::VmInfo> VmManager::resume(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  if (e->state == v1::VM_STATE_RUNNING) return info(*e);
+  if (e->state != v1::VM_STATE_PAUSED) {
+    return Error::conflict(fmt::format("VM {} is {}, not paused", name, vm_state_name(e->state)));
+  }
+  TRY(control(name, {{"op", "resume"}}));
+  e->state = v1::VM_STATE_RUNNING;
+  changed(*e);
+  return info(*e);
+}
+
+Result<v1::VmInfo> VmManager::stop(const std::string& name) {
+  std::unique_lock lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  if (!is_live(e->state) || e->pid == 0) return info(*e);
+  if (e->state == v1::VM_STATE_MIGRATING) {
+    return Error::conflict(
+        fmt::format("VM {} is being migrated: cancel the migration first (vmctl cancel)", name));
+  }
+  pid_t pid = e->pid;
+  Result<nlohmann::json> asked = control(name, {{"op", "stop"}});
+  if (!asked.ok()) ::kill(pid, SIGKILL);
+  auto gone = [&] {
+    Entry* now = find(name);
+    return !now || now->pid != pid;
+  };
+  if (!cv_.wait_for(lock, std::chrono::seconds(10), gone)) {
+    spdlog::warn("VM {}: process {} did not stop within 10 s; killing it", name, pid);
+    ::kill(pid, SIGKILL);
+    cv_.wait_for(lock, std::chrono::seconds(10), gone);
+  }
+  Entry* now = TRY(find_or_error(name));
+  return info(*now);
+}
+
+Result<v1::VmInfo> VmManager::remove(const std::string& name) {
+  std::unique_lock lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  if (is_live(e->state)) {
+    return Error::conflict(fmt::format("VM {} is {}: stop it first (vmctl stop {})", name,
+                                       vm_state_name(e->state), name));
+  }
+  v1::VmInfo last = info(*e);
+  std::thread watcher = std::move(e->watcher);
+  vms_.erase(name);
+  lock.unlock();
+  if (watcher.joinable()) watcher.join();
+  for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
+    ::unlink((vm_dir(name) + f).c_str());
+  }
+  ::rmdir(vm_dir(name).c_str());
+  spdlog::info("VM {}: deleted", name);
+  return last;
+}
+
+std::vector<v1::VmInfo> VmManager::list() {
+  std::lock_guard lock(mu_);
+  std::vector<v1::VmInfo> out;
+  for (const auto& [name, e] : vms_) out.push_back(info(*e));
+  return out;
+}
+
+Result<v1::VmInfo> VmManager::get(const std::string& name, bool with_stats) {
+  std::lock_guard lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  v1::VmInfo i = info(*e);
+  if (with_stats && is_live(e->state)) {
+    Result<nlohmann::json> stats = control(name, {{"op", "stats"}});
+    if (stats.ok()) {
+      for (const nlohmann::json& v : (*stats)["vcpus"]) {
+        v1::VcpuStats* s = i.add_vcpu_stats();
+        s->set_vcpu(v.value("vcpu", 0u));
+        for (auto& [counter, value] : v["counters"].items()) {
+          (*s->mutable_counters())[counter] = value.get<uint64_t>();
+        }
+      }
+    }
+  }
+  return i;
+}
+
+Result<v1::SnapshotResponse> VmManager::snapshot(const v1::SnapshotRequest& r) {
+  std::unique_lock lock(mu_);
+  Entry* e = TRY(find_or_error(r.name()));
+  if (e->state != v1::VM_STATE_RUNNING && e->state != v1::VM_STATE_PAUSED) {
+    return Error::conflict(
+        fmt::format("VM {} is {}: only a running or paused VM has state to snapshot", r.name(),
+                    vm_state_name(e->state)));
+  }
+  if (r.path().empty() || r.path()[0] != '/') {
+    return Error::user(
+        fmt::format("snapshot path '{}' must be absolute (it is on the daemon's "
+                    "host)",
+                    r.path()));
+  }
+  nlohmann::json request = {{"op", "snapshot"},
+                            {"path", r.path()},
+                            {"stop", r.stop()},
+                            {"diff", r.diff()},
+                            {"compression", r.compression() < 0 ? 1 : r.compression()}};
+  if (!r.memory_file().empty()) request["memory_file"] = r.memory_file();
+  std::string name = r.name();
+  lock.unlock();  // a snapshot of a large VM takes a while; other VMs go on
+  nlohmann::json a = TRY(control(name, request));
+  lock.lock();
+  if (r.stop()) {
+    if (Entry* now = find(name); now && now->state == v1::VM_STATE_RUNNING) {
+      now->state = v1::VM_STATE_PAUSED;
+      changed(*now);
+    }
+  }
+  v1::SnapshotResponse out;
+  out.set_path(a.value("path", ""));
+  out.set_snapshot_id(a.value("id", ""));
+  out.set_bytes(a.value("bytes", uint64_t{0}));
+  out.set_pages(a.value("pages", uint64_t{0}));
+  out.set_zero_pages(a.value("zero_pages", uint64_t{0}));
+  out.set_seconds(a.value("seconds", 0.0));
+  return out;
+}
+
+Result<v1::VmInfo> VmManager::restore(const v1::RestoreRequest& r) {
+  if (r.files().empty()) return Error::user("restore needs a snapshot file");
+  Launch how{{"restore"}, fmt::format("restoring from {}", r.files(0))};
+  for (const std::string& f : r.files()) {
+    if (f.empty() || f[0] != '/') {
+      return Error::user(
+          fmt::format("snapshot path '{}' must be absolute (it is on the daemon's "
+                      "host)",
+                      f));
+    }
+    if (::access(f.c_str(), R_OK) != 0) {
+      return Error::user(fmt::format("cannot read snapshot {}: {}", f, std::strerror(errno)));
+    }
+    how.args.push_back(f);
+  }
+  if (r.paused()) how.args.push_back("--paused");
+  if (r.lazy()) how.args.push_back("--lazy");
+  TRY(start_new(r.name(), how));
+  TRY(refresh_from_process(r.name()));
+  return get(r.name());
+}
+
+Status VmManager::refresh_from_process(const std::string& name) {
+  nlohmann::json status = TRY(control(name, {{"op", "status"}}));
+  std::lock_guard lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  e->config.set_memory_bytes(status.value("memory", uint64_t{0}));
+  e->config.set_cpus(status.value("vcpus", 0u));
+  bool paused = status.value("paused", false);
+  if (e->state == v1::VM_STATE_RUNNING || e->state == v1::VM_STATE_CREATED ||
+      e->state == v1::VM_STATE_PAUSED) {
+    e->state = paused ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
+  }
+  changed(*e);
+  return ok_status();
+}
+
+Status VmManager::console_input(const std::string& name, const std::string& data) {
+  {
+    std::lock_guard lock(mu_);
+    Entry* e = TRY(find_or_error(name));
+    if (!is_live(e->state)) {
+      return Error::conflict(
+          fmt::format("VM {} is {}: its console takes no input", name, vm_state_name(e->state)));
+    }
+  }
+  TRY(control(name, {{"op", "console"}, {"data", data}}));
+  return ok_status();
+}
+
+Result<std::string> VmManager::control_socket(const std::string& name) {
+  std::lock_guard lock(mu_);
+  TRY(find_or_error(name));
+  return socket_path(name);
+}
+
+Status VmManager::set_state(const std::string& name, v1::VmState state, const std::string& detail) {
+  std::lock_guard lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  e->state = state;
+  if (state == v1::VM_STATE_MIGRATED) e->migrated_to = detail;
+  changed(*e);
+  return ok_status();
+}
+
+Result<std::pair<v1::VmInfo, uint64_t>> VmManager::wait_for_change(const std::string& name,
+                                                                   uint64_t version,
+                                                                   int timeout_ms) {
+  std::unique_lock lock(mu_);
+  auto changed_or_gone = [&] {
+    Entry* e = find(name);
+    return !e || e->version != version || shutting_down_;
+  };
+  cv_.wait_for(lock, std::chrono::milliseconds(timeout_ms), changed_or_gone);
+  Entry* e = TRY(find_or_error(name));
+  return std::make_pair(info(*e), e->version);
+}
+
+}  // namespace vmctl::daemon

@@ -1,0 +1,126 @@
+// The VMs one vmctld manages. Each VM runs in its own `vmctl` process (run, restore or receive)
+// with a control socket, so a VM that crashes or is killed takes neither the daemon nor other VMs
+// with it, and VMs keep running while the daemon restarts. What the daemon knows about each VM is
+// kept in STATE_DIR/vms/NAME/vm.json; on start it adopts the VMs whose processes still answer and
+// reports the others as LOST.
+#pragma once
+
+#include <sys/types.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "proto/vmctl.pb.h"
+
+namespace vmctl::daemon {
+
+namespace v1 = ::vmctl::v1;
+
+struct ManagerOptions {
+  std::string state_dir;
+  std::string vmctl_binary;  // the `vmctl` that runs each VM
+};
+
+// How a VM process is started: the vmctl verb and its arguments (without the control socket and
+// console log, which the manager adds).
+struct Launch {
+  std::vector<std::string> args;
+  std::string description;  // for errors: "booting", "restoring from ..."
+  // Wait for the control socket before returning. A receiving VM opens it only once its state
+  // has arrived, so it is not waited for (its state stays CREATED until then).
+  bool wait_ready = true;
+};
+
+class VmManager {
+ public:
+  static Result<std::unique_ptr<VmManager>> open(const ManagerOptions& options);
+  // Leaves the VM processes running: they outlive the daemon.
+  ~VmManager();
+
+  Result<v1::VmInfo> create(const std::string& name, const v1::VmConfig& config);
+  Result<v1::VmInfo> start(const std::string& name);
+  Result<v1::VmInfo> pause(const std::string& name);
+  Result<v1::VmInfo> resume(const std::string& name);
+  Result<v1::VmInfo> stop(const std::string& name);
+  Result<v1::VmInfo> remove(const std::string& name);
+  std::vector<v1::VmInfo> list();
+  Result<v1::VmInfo> get(const std::string& name, bool with_stats = false);
+  Result<v1::SnapshotResponse> snapshot(const v1::SnapshotRequest& request);
+  Result<v1::VmInfo> restore(const v1::RestoreRequest& request);
+  Status console_input(const std::string& name, const std::string& data);
+
+  // Starts a VM process under a new name that is not yet a VM (migration's receiving side): the
+  // entry exists (state CREATED) while `launch` runs.
+  Result<v1::VmInfo> start_new(const std::string& name, const Launch& launch,
+                               std::vector<int> inherit_fds = {});
+  // The VM's control socket, for operations the manager does not wrap (migration).
+  Result<std::string> control_socket(const std::string& name);
+  // Reads the machine's shape (memory, vCPUs, paused) from a VM process that was started from a
+  // snapshot or a migration stream rather than from a config.
+  Status refresh_from_process(const std::string& name);
+  // Records a state change made outside the manager's own operations (migration phases).
+  Status set_state(const std::string& name, v1::VmState state, const std::string& detail = "");
+
+  // Waits until the VM's state changes after `version` (or the timeout passes); returns the
+  // current info and its version. For WatchVm.
+  Result<std::pair<v1::VmInfo, uint64_t>> wait_for_change(const std::string& name, uint64_t version,
+                                                          int timeout_ms);
+
+ private:
+  struct Entry {
+    std::string name;
+    v1::VmConfig config;
+    v1::VmState state = v1::VM_STATE_CREATED;
+    pid_t pid = 0;
+    bool our_child = false;  // false for processes adopted after a daemon restart
+    int exit_code = 0;
+    std::string error;
+    std::string migrated_to;
+    int64_t created_unix_ms = 0;
+    uint64_t version = 0;
+    std::thread watcher;
+  };
+
+  explicit VmManager(ManagerOptions options) : options_(std::move(options)) {}
+  Status load();
+  std::string vm_dir(const std::string& name) const;
+  std::string socket_path(const std::string& name) const;
+  std::string console_path(const std::string& name) const;
+  std::string log_path(const std::string& name) const;
+  Entry* find(const std::string& name);  // with mu_ held
+  Result<Entry*> find_or_error(const std::string& name);
+  v1::VmInfo info(const Entry& e) const;
+  Status persist(const Entry& e) const;
+  void changed(Entry& e);  // with mu_ held: bump the version, persist, wake watchers
+  Result<pid_t> spawn(const std::string& name, const std::vector<std::string>& args,
+                      const std::vector<int>& inherit_fds);
+  Status wait_until_ready(const std::string& name, pid_t pid);
+  void watch_child(std::string name, pid_t pid);
+  void watch_adopted(std::string name, pid_t pid);
+  Result<nlohmann::json> control(const std::string& name, const nlohmann::json& request);
+  std::string last_log_line(const std::string& name) const;
+  Result<v1::VmInfo> launch(Entry& e, const Launch& launch, std::unique_lock<std::mutex>& lock,
+                            const std::vector<int>& inherit_fds);
+
+  ManagerOptions options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::unique_ptr<Entry>> vms_;
+  bool shutting_down_ = false;
+};
+
+// [A-Za-z0-9_.-], 1 to 64 characters, not starting with a dot.
+Status validate_vm_name(const std::string& name);
+const char* vm_state_name(v1::VmState state);
+
+}  // namespace vmctl::daemon

@@ -1,0 +1,292 @@
+#include "migrate/precopy.h"
+
+#include <bit>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "state/dirty_tracker.h"
+#include "state/vm_state.h"
+#include "vmm/kvm/kvm.h"
+
+namespace vmctl::migrate {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kPageSize = 4096;
+constexpr double kMiB = 1024.0 * 1024.0;
+// KVM_CLEAR_DIRTY_LOG takes the MMU lock per call: clear in chunks so a large guest's vCPUs are
+// not held up by one long clear.
+constexpr uint64_t kClearChunkPages = 32768;
+
+double ms_between(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// The dirty log for migration rounds.
+class DirtyLog {
+ public:
+  explicit DirtyLog(vmm::Vm& vm) : vm_(vm) {}
+  ~DirtyLog() { stop(); }
+
+  Status start() {
+    was_logging_ = !vm_.memory().regions().empty() && vm_.memory().regions()[0].dirty_logging;
+    if (vm_.kvm_system().check_extension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
+      manual_ = vm_.vm_fd().enable_cap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, 1).ok();
+    }
+    TRY_CTX(vm_.set_dirty_logging(true), "turning on dirty logging");
+    started_ = true;
+    // Round 0 sends everything: what was logged before it does not matter.
+    TRY(fetch());
+    return ok_status();
+  }
+
+  // The pages dirtied since the last fetch, one bitmap per region; with manual protect the bits
+  // are cleared (and the pages write-protected) here, right before their contents are read.
+  Result<state::DirtyBitmaps> fetch() {
+    auto& regions = vm_.memory().regions();
+    state::DirtyBitmaps bitmaps(regions.size());
+    for (size_t i = 0; i < regions.size(); ++i) {
+      uint64_t pages = regions[i].size / kPageSize;
+      bitmaps[i].assign((pages + 63) / 64, 0);
+      TRY(vm_.vm_fd().get_dirty_log(regions[i].slot, bitmaps[i].data()));
+      if (!manual_) continue;
+      for (uint64_t first = 0; first < pages; first += kClearChunkPages) {
+        uint64_t count = std::min(kClearChunkPages, pages - first);
+        uint64_t* words = bitmaps[i].data() + first / 64;
+        bool any = false;
+        for (uint64_t w = 0; w < (count + 63) / 64; ++w) any |= words[w] != 0;
+        if (!any) continue;
+        TRY(vm_.vm_fd().clear_dirty_log(regions[i].slot, first, static_cast<uint32_t>(count),
+                                        words));
+      }
+    }
+    return bitmaps;
+  }
+
+  void stop() {
+    if (!started_) return;
+    started_ = false;
+    if (manual_) (void)vm_.vm_fd().enable_cap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, 0);
+    if (!was_logging_) (void)vm_.set_dirty_logging(false);
+  }
+
+  bool manual() const { return manual_; }
+
+ private:
+  vmm::Vm& vm_;
+  bool manual_ = false;
+  bool started_ = false;
+  bool was_logging_ = false;
+};
+
+uint64_t count_pages(const state::DirtyBitmaps& bitmaps) {
+  uint64_t n = 0;
+  for (const auto& b : bitmaps) {
+    for (uint64_t w : b) n += static_cast<uint64_t>(std::popcount(w));
+  }
+  return n;
+}
+
+void merge(state::DirtyBitmaps& into, const state::DirtyBitmaps& from) {
+  for (size_t i = 0; i < into.size() && i < from.size(); ++i) {
+    for (size_t w = 0; w < into[i].size() && w < from[i].size(); ++w) into[i][w] |= from[i][w];
+  }
+}
+
+// Auto-converge: takes the vCPUs off the CPU for `percent` of every 10 ms.
+class Throttle {
+ public:
+  explicit Throttle(vmm::Vm& vm) : vm_(vm) {}
+  ~Throttle() { set(0); }
+
+  void set(unsigned percent) {
+    {
+      std::lock_guard lock(mu_);
+      percent_ = percent;
+    }
+    cv_.notify_all();
+    if (percent > 0 && !thread_.joinable()) thread_ = std::thread([this] { run(); });
+    if (percent == 0 && thread_.joinable()) thread_.join();
+  }
+  unsigned percent() const { return percent_; }
+
+ private:
+  void run() {
+    std::unique_lock lock(mu_);
+    while (percent_ > 0) {
+      auto off = std::chrono::microseconds(percent_ * 100);
+      auto on = std::chrono::microseconds((100 - percent_) * 100);
+      lock.unlock();
+      vm_.pause();
+      std::this_thread::sleep_for(off);
+      vm_.resume();
+      lock.lock();
+      cv_.wait_for(lock, on, [&] { return percent_ == 0; });
+    }
+  }
+
+  vmm::Vm& vm_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  unsigned percent_ = 0;
+  std::thread thread_;
+};
+
+// Counts what goes into the target so rounds can measure their bandwidth.
+class CountingSink final : public state::ByteSink {
+ public:
+  explicit CountingSink(state::ByteSink& inner) : inner_(inner) {}
+  Status write(const void* data, size_t len) override {
+    bytes_ += len;
+    return inner_.write(data, len);
+  }
+  uint64_t bytes() const { return bytes_; }
+
+ private:
+  state::ByteSink& inner_;
+  uint64_t bytes_ = 0;
+};
+
+}  // namespace
+
+Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyOptions& options,
+                            const std::function<void(const Progress&)>& report,
+                            const std::atomic<bool>& cancel) {
+  const Clock::time_point start = Clock::now();
+  Progress progress;
+  auto elapsed = [&] { return ms_between(start, Clock::now()) / 1000.0; };
+  auto emit = [&](const std::string& phase) {
+    progress.phase = phase;
+    progress.elapsed_seconds = elapsed();
+    if (report) report(progress);
+  };
+
+  CountingSink counted(target.sink());
+  state::RecordWriter writer(counted, state::WriterOptions{options.compression_level});
+  DirtyLog log(vm);
+  Throttle throttle(vm);
+  bool paused_here = false;
+  // Everything before the destination's acknowledgement can be undone: the source VM runs on.
+  auto roll_back = [&](Error error, const char* phase) -> Result<Progress> {
+    throttle.set(0);
+    if (paused_here) vm.resume();
+    log.stop();
+    progress.error = error.message();
+    emit(phase);
+    return error;
+  };
+
+  Status started = log.start();
+  if (!started.ok()) return roll_back(std::move(started).error(), "failed");
+  state::CaptureOptions header_options;
+  header_options.kind = proto::state::StreamKind::MIGRATION;
+  Status header = state::write_stream_header(vm, writer, header_options, state::new_stream_id());
+  if (!header.ok()) return roll_back(std::move(header).error(), "failed");
+
+  // Round 0: every non-zero page.
+  state::PageStats total;
+  Clock::time_point round_start = Clock::now();
+  emit("precopy");
+  Result<state::PageStats> sent = state::write_pages(vm, writer, nullptr);
+  if (!sent.ok()) return roll_back(std::move(sent).error(), "failed");
+  total.pages += sent->pages;
+  double round_seconds = std::max(1e-6, ms_between(round_start, Clock::now()) / 1000.0);
+  double bandwidth = static_cast<double>(counted.bytes()) / round_seconds;  // bytes/s
+  progress.bytes_sent = counted.bytes();
+  progress.pages_sent = total.pages;
+  progress.bandwidth_mib_s = bandwidth / kMiB;
+
+  state::DirtyBitmaps pending;
+  while (true) {
+    if (cancel) return roll_back(Error::user("cancelled"), "cancelled");
+    Result<state::DirtyBitmaps> dirty = log.fetch();
+    if (!dirty.ok()) return roll_back(std::move(dirty).error(), "failed");
+    pending = std::move(dirty).value();
+    uint64_t dirty_bytes = count_pages(pending) * kPageSize;
+    progress.remaining_bytes = dirty_bytes;
+    progress.dirty_rate_mib_s = static_cast<double>(dirty_bytes) / round_seconds / kMiB;
+    progress.expected_downtime_ms = static_cast<double>(dirty_bytes) / bandwidth * 1000.0;
+    progress.throttle_percent = throttle.percent();
+    emit("precopy");
+    if (progress.expected_downtime_ms <= options.downtime_ms) break;
+    bool out_of_budget =
+        progress.round + 1 >= options.max_rounds || elapsed() >= options.max_seconds;
+    if (out_of_budget) {
+      if (!options.auto_converge) {
+        return roll_back(
+            Error::user(fmt::format(
+                "did not converge after {} rounds in {:.1f} s: the guest dirties {:.0f} MiB/s "
+                "and {:.0f} MiB/s get through, so {:.0f} ms of downtime would be needed against "
+                "a target of {:.0f} ms (raise the downtime target or use auto-converge)",
+                progress.round + 1, elapsed(), progress.dirty_rate_mib_s, bandwidth / kMiB,
+                progress.expected_downtime_ms, options.downtime_ms)),
+            "failed");
+      }
+      // Throttle harder each round; at the maximum, accept the downtime there is.
+      if (throttle.percent() >= 95) break;
+      throttle.set(std::min(95u, throttle.percent() == 0 ? 30u : throttle.percent() + 20));
+    }
+    ++progress.round;
+    round_start = Clock::now();
+    uint64_t before = counted.bytes();
+    sent = state::write_pages(vm, writer, &pending);
+    if (!sent.ok()) return roll_back(std::move(sent).error(), "failed");
+    total.pages += sent->pages;
+    round_seconds = std::max(1e-6, ms_between(round_start, Clock::now()) / 1000.0);
+    // A small round says little about the link: keep the larger of the recent estimates.
+    double measured = static_cast<double>(counted.bytes() - before) / round_seconds;
+    bandwidth = std::max(measured, bandwidth * 0.5);
+    progress.bytes_sent = counted.bytes();
+    progress.pages_sent = total.pages;
+    progress.bandwidth_mib_s = bandwidth / kMiB;
+  }
+
+  // Stop-and-copy.
+  throttle.set(0);
+  emit("stop-and-copy");
+  const Clock::time_point paused_at = Clock::now();
+  vm.pause();
+  paused_here = true;
+  Result<state::DirtyBitmaps> last = log.fetch();
+  if (!last.ok()) return roll_back(std::move(last).error(), "failed");
+  merge(pending, *last);
+  sent = state::write_pages(vm, writer, &pending);
+  if (!sent.ok()) return roll_back(std::move(sent).error(), "failed");
+  total.pages += sent->pages;
+  Status flushed = target.flush();
+  if (!flushed.ok()) return roll_back(std::move(flushed).error(), "failed");
+  const Clock::time_point last_page_at = Clock::now();
+  Status machine = state::write_machine_state(vm, writer, total);
+  if (!machine.ok()) return roll_back(std::move(machine).error(), "failed");
+  flushed = target.flush();
+  if (!flushed.ok()) return roll_back(std::move(flushed).error(), "failed");
+  const Clock::time_point state_at = Clock::now();
+  if (cancel) return roll_back(Error::user("cancelled"), "cancelled");
+  Result<double> restored = target.restored(options.ack_timeout_seconds);
+  if (!restored.ok()) return roll_back(std::move(restored).error(), "failed");
+  const Clock::time_point resumed_at = Clock::now();
+  // The destination runs the VM: from here on there is no going back.
+  target.commit();
+  log.stop();
+  progress.bytes_sent = counted.bytes();
+  progress.pages_sent = total.pages;
+  progress.remaining_bytes = 0;
+  progress.downtime.pause_to_last_page_ms = ms_between(paused_at, last_page_at);
+  progress.downtime.last_page_to_state_ms = ms_between(last_page_at, state_at);
+  progress.downtime.state_to_resumed_ms = ms_between(state_at, resumed_at);
+  progress.downtime.total_ms = ms_between(paused_at, resumed_at);
+  emit("done");
+  spdlog::info(
+      "migrated in {:.2f} s, {} rounds, {:.1f} MiB, downtime {:.1f} ms (manual dirty "
+      "protect: {})",
+      progress.elapsed_seconds, progress.round + 1, static_cast<double>(progress.bytes_sent) / kMiB,
+      progress.downtime.total_ms, log.manual());
+  return progress;
+}
+
+}  // namespace vmctl::migrate
