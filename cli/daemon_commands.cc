@@ -299,7 +299,7 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
   c.console->add_option("name", o.name, "VM name")->required();
   c.console->add_option("--send", o.send,
                         "Send this text to the guest's COM1 first (\\n is not added)");
-  c.console->add_flag("!--follow", o.follow, "With --send: send only, do not follow the console");
+  c.console->add_flag("--follow,!--no-follow", o.follow, "With --send: send only, do not follow the console");
 
   c.migrate = app.add_subcommand("migrate", "Live-migrate a running VM to another vmctld");
   c.migrate->add_option("name", o.name, "VM name")->required();

@@ -14,11 +14,17 @@ namespace vmctl::testing {
 std::string vmctl_binary() {
   return VMCTL_BINARY;
 }
+std::string vmctld_binary() {
+  return VMCTLD_BINARY;
+}
 std::string guest_path(const std::string& name) {
   return std::string(VMCTL_GUEST_DIR) + "/" + name;
 }
 
-VmctlProcess::VmctlProcess(const std::vector<std::string>& args) {
+VmctlProcess::VmctlProcess(const std::vector<std::string>& args)
+    : VmctlProcess(vmctl_binary(), args) {}
+
+VmctlProcess::VmctlProcess(const std::string& program, const std::vector<std::string>& args) {
   int in[2], out[2], err[2];
   if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) abort();
   pid_ = fork();
@@ -27,12 +33,12 @@ VmctlProcess::VmctlProcess(const std::vector<std::string>& args) {
     dup2(out[1], 1);
     dup2(err[1], 2);
     std::vector<char*> argv;
-    std::string binary = vmctl_binary();
+    std::string binary = program;
     argv.push_back(binary.data());
     std::vector<std::string> copy = args;
     for (auto& a : copy) argv.push_back(a.data());
     argv.push_back(nullptr);
-    execv(binary.c_str(), argv.data());
+    execvp(binary.c_str(), argv.data());
     _exit(127);
   }
   close(in[0]);

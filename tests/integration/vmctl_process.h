@@ -17,6 +17,9 @@ namespace vmctl::testing {
 class VmctlProcess {
  public:
   explicit VmctlProcess(const std::vector<std::string>& args);
+  // Any program (vmctld, ip netns exec ...), with the same pipes.
+  VmctlProcess(const std::string& binary, const std::vector<std::string>& args);
+  pid_t pid() const { return pid_; }
   ~VmctlProcess();  // kills the child if it is still running
 
   // Waits until stdout (the guest console) has a line matching `pattern`; returns the match's line.
@@ -45,6 +48,7 @@ class VmctlProcess {
 
 // Absolute paths of the build's artifacts.
 std::string vmctl_binary();
+std::string vmctld_binary();
 std::string guest_path(const std::string& name);  // e.g. "heartbeat.elf"
 
 }  // namespace vmctl::testing
