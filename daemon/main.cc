@@ -101,6 +101,13 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.SetMaxReceiveMessageSize(64 << 20);
+  // Peers ping every second (migrate/channel.cc) so a dead link fails a migration quickly; accept
+  // that, and ping back so a receiving daemon notices a vanished source too.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 500);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 3000);
   ::unlink(socket.c_str());  // a stale socket from a daemon that is gone
   builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
   if (!listen.empty()) {

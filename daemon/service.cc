@@ -188,6 +188,11 @@ grpc::Status VmctlService::Migrate(grpc::ServerContext* context, const v1::Migra
                                     "migrated",
                                     r->name(), vm_state_name(vm->state()))));
   }
+  if (r->streams() > 1) {
+    return to_grpc(Error::user(fmt::format(
+        "{} parallel streams requested, but this vmctld sends one stream per migration; use 1",
+        r->streams())));
+  }
   if (r->destination().empty()) {
     return to_grpc(Error::user("migrate needs a destination daemon (unix:/path or host:port)"));
   }

@@ -224,6 +224,14 @@ Status VmManager::load() {
     e->error = j.value("error", "");
     e->migrated_to = j.value("migrated_to", "");
     e->created_unix_ms = j.value("created_unix_ms", int64_t{0});
+    if (e->state == v1::VM_STATE_CREATED && e->pid > 0) {
+      // A VM that was being received: its stream ran through the daemon that stopped, so that
+      // process cannot finish (it ends by itself once it sees the stream closed).
+      e->error = "an incoming migration was cut off when vmctld stopped";
+      e->pid = 0;
+    } else if (!is_live(e->state)) {
+      e->pid = 0;
+    }
     if (is_live(e->state)) {
       // Adopt the VM if its process is still there and answers on its control socket.
       bool alive = e->pid > 0 && ::kill(e->pid, 0) == 0;
@@ -400,19 +408,30 @@ Result<v1::VmInfo> VmManager::launch(Entry& e, const Launch& launch,
                                      std::unique_lock<std::mutex>& lock,
                                      const std::vector<int>& inherit_fds) {
   std::string name = e.name;
-  if (e.watcher.joinable()) e.watcher.join();  // the previous run's watcher has finished
+  // The previous run's watcher may still be finishing (a migrated-away VM whose process is still
+  // exiting) and needs the lock to do so: join it without holding the lock.
+  if (e.watcher.joinable()) {
+    std::thread previous = std::move(e.watcher);
+    lock.unlock();
+    previous.join();
+    lock.lock();
+  }
+  Entry* again = find(name);
+  if (!again) return Error::failure(fmt::format("VM {} was deleted while starting", name));
+  Entry& e_now = *again;
+  if (is_live(e_now.state)) return info(e_now);
   ::unlink(console_path(name).c_str());
   ::truncate(log_path(name).c_str(), 0);
   pid_t pid = TRY(spawn(name, launch.args, inherit_fds));
-  e.pid = pid;
-  e.our_child = true;
-  e.exit_code = 0;
-  e.error.clear();
-  e.migrated_to.clear();
-  e.state = launch.wait_ready ? v1::VM_STATE_RUNNING : v1::VM_STATE_CREATED;
-  e.watcher = std::thread(&VmManager::watch_child, this, name, pid);
-  changed(e);
-  if (!launch.wait_ready) return info(e);
+  e_now.pid = pid;
+  e_now.our_child = true;
+  e_now.exit_code = 0;
+  e_now.error.clear();
+  e_now.migrated_to.clear();
+  e_now.state = launch.wait_ready ? v1::VM_STATE_RUNNING : v1::VM_STATE_CREATED;
+  e_now.watcher = std::thread(&VmManager::watch_child, this, name, pid);
+  changed(e_now);
+  if (!launch.wait_ready) return info(e_now);
   lock.unlock();
   Status ready = wait_until_ready(name, pid);
   lock.lock();
@@ -448,9 +467,14 @@ Result<v1::VmInfo> VmManager::start_new(const std::string& name, const Launch& h
     if (is_live(old->state)) {
       return Error::conflict(fmt::format("a VM named '{}' is running here already", name));
     }
-    // A stopped or migrated-away VM of that name gives its place to the new one.
-    if (old->watcher.joinable()) old->watcher.join();
+    // A stopped or migrated-away VM of that name gives its place to the new one. Its watcher
+    // may still need the lock to finish (see launch): join it unlocked.
+    std::thread watcher = std::move(old->watcher);
     vms_.erase(name);
+    lock.unlock();
+    if (watcher.joinable()) watcher.join();
+    lock.lock();
+    if (find(name)) return Error::conflict(fmt::format("a VM named '{}' was just created", name));
   }
   TRY(make_dir(vm_dir(name), 0700));
   auto e = std::make_unique<Entry>();

@@ -36,6 +36,12 @@ Result<std::shared_ptr<grpc::Channel>> make_channel(const std::string& address,
         "and --tls-key (or use a unix:/path address)",
         address));
   }
+  // A peer that vanishes (host down, link cut) must fail the stream in seconds, not at the TCP
+  // timeout: ping every second, give up after three without an answer.
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 3000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   grpc::SslCredentialsOptions ssl;
   ssl.pem_root_certs = TRY(read_text_file(tls.ca, "TLS CA"));
   ssl.pem_cert_chain = TRY(read_text_file(tls.cert, "TLS certificate"));

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -12,6 +13,15 @@ namespace vmctl::migrate {
 namespace {
 constexpr size_t kChunkBytes = 1 << 20;
 namespace v1 = ::vmctl::v1;
+
+// Fault injection for the migration test suite, read from the environment of the VM process
+// (inherited from vmctld). Never set in production: they corrupt what they touch.
+//   VMCTL_FAULT_CORRUPT_STREAM_AT=N  flip the stream's byte at offset N
+//   VMCTL_FAULT_OFFER_MAJOR=M        offer the stream as state format M.x
+int64_t fault(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::strtoll(v, nullptr, 10) : -1;
+}
 }  // namespace
 
 Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
@@ -27,7 +37,9 @@ Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
   gethostname(host, sizeof host - 1);
   offer.mutable_offer()->set_vm_name(vm_name);
   offer.mutable_offer()->set_source(host);
-  offer.mutable_offer()->set_format_major(state::format_major());
+  int64_t fake_major = fault("VMCTL_FAULT_OFFER_MAJOR");
+  offer.mutable_offer()->set_format_major(fake_major >= 0 ? static_cast<uint32_t>(fake_major)
+                                                          : state::format_major());
   offer.mutable_offer()->set_format_minor(state::format_minor());
   v1::MigrationEvent answer;
   if (!t->stream_->Write(offer) || !t->stream_->Read(&answer)) {
@@ -41,6 +53,7 @@ Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
     return Error::user(
         fmt::format("the destination {} refused the VM: {}", destination, answer.error()));
   }
+  t->corrupt_at_ = fault("VMCTL_FAULT_CORRUPT_STREAM_AT");
   t->reader_ = std::thread([p = t.get()] { p->read_events(); });
   return t;
 }
@@ -74,7 +87,13 @@ Status GrpcMigrationTarget::write(const void* data, size_t len) {
   const auto* p = static_cast<const char*>(data);
   while (len > 0) {
     size_t n = std::min(len, kChunkBytes - buffer_.size());
+    size_t at = buffer_.size();
     buffer_.append(p, n);
+    if (corrupt_at_ >= 0 && static_cast<uint64_t>(corrupt_at_) >= streamed_ &&
+        static_cast<uint64_t>(corrupt_at_) < streamed_ + n) {
+      buffer_[at + (corrupt_at_ - streamed_)] ^= 0x5a;
+    }
+    streamed_ += n;
     p += n;
     len -= n;
     if (buffer_.size() == kChunkBytes) TRY(send_chunk());

@@ -50,6 +50,8 @@ class GrpcMigrationTarget final : public MigrationTarget, private state::ByteSin
   std::optional<std::string> failed_;
   bool ended_ = false;
   bool committed_ = false;
+  uint64_t streamed_ = 0;     // bytes of the record stream so far
+  int64_t corrupt_at_ = -1;   // fault injection (see grpc_target.cc)
 };
 
 }  // namespace vmctl::migrate

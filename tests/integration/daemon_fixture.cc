@@ -146,8 +146,7 @@ std::string Daemon::console(const std::string& name) {
   return text.str();
 }
 
-std::optional<std::string> Daemon::wait_console(const std::string& name,
-                                                const std::string& pattern,
+std::optional<std::string> Daemon::wait_console(const std::string& name, const std::string& pattern,
                                                 std::chrono::milliseconds timeout) {
   std::regex re(pattern);
   auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -52,8 +52,8 @@ class Daemon {
                       const std::string& cmdline, uint64_t memory, unsigned cpus,
                       v1::VmInfo* out = nullptr);
   v1::VmInfo get(const std::string& name, grpc::Status* status = nullptr);
-  grpc::Status call(grpc::Status (v1::Vmctl::Stub::*method)(grpc::ClientContext*,
-                                                           const v1::VmRef&, v1::VmInfo*),
+  grpc::Status call(grpc::Status (v1::Vmctl::Stub::*method)(grpc::ClientContext*, const v1::VmRef&,
+                                                            v1::VmInfo*),
                     const std::string& name, v1::VmInfo* out = nullptr);
   grpc::Status send_console(const std::string& name, const std::string& text);
   // Polls the VM's console log for a line matching `pattern` (from the start of the log).
@@ -93,7 +93,9 @@ class ConsoleWatch {
 struct MigrationResult {
   grpc::Status status;
   std::vector<v1::MigrationProgress> progress;
-  const v1::MigrationProgress* last() const { return progress.empty() ? nullptr : &progress.back(); }
+  const v1::MigrationProgress* last() const {
+    return progress.empty() ? nullptr : &progress.back();
+  }
 };
 MigrationResult migrate(Daemon& source, const v1::MigrateRequest& request,
                         const std::function<void(const v1::MigrationProgress&)>& on_progress = {});

@@ -199,8 +199,9 @@ TEST_F(DaemonTest, HealthCheckingAndReflectionAreOn) {
   }
   {
     grpc::ClientContext context;
-    grpc::internal::RpcMethod method("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-                                     grpc::internal::RpcMethod::BIDI_STREAMING);
+    grpc::internal::RpcMethod method(
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        grpc::internal::RpcMethod::BIDI_STREAMING);
     std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
         grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
             d.channel().get(), method, &context));
