@@ -16,6 +16,8 @@
 #include "base/size.h"
 #include "migrate/grpc_target.h"
 #include "migrate/precopy.h"
+#include "state/cpu_features.h"
+#include "state/host_report.h"
 #include "state/vm_state.h"
 
 namespace vmctl::cli {
@@ -106,6 +108,23 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(vmm::Vm& vm, const s
   return server;
 }
 
+Status ControlServer::check_destination(migrate::GrpcMigrationTarget& target) {
+  std::string text = TRY(target.destination_report());
+  nlohmann::json destination = nlohmann::json::parse(text, nullptr, false);
+  if (destination.is_discarded())
+    return Error::failure("the destination's host report is not JSON");
+  nlohmann::json here = TRY(state::host_report());
+  std::vector<vmm::CpuidEntry> cpuid = TRY(vm_.vcpu(0).fd().get_cpuid2());
+  std::vector<std::string> guest = state::cpu_feature_names(cpuid);
+  state::MoveVerdict verdict = state::check_move(here, destination, &guest);
+  if (verdict.can_move) return ok_status();
+  std::string why;
+  for (const std::string& r : verdict.reasons) {
+    if (r.rfind("blocks: ", 0) == 0) why += (why.empty() ? "" : "; ") + r.substr(8);
+  }
+  return Error::user("the destination refused the VM before any memory was sent: " + why);
+}
+
 void ControlServer::migrate(const nlohmann::json& request, Fd conn) {
   auto send = [&](const nlohmann::json& line) { (void)write_all(conn.get(), line.dump() + "\n"); };
   migrate::PrecopyOptions options;
@@ -125,6 +144,11 @@ void ControlServer::migrate(const nlohmann::json& request, Fd conn) {
   Result<std::unique_ptr<migrate::GrpcMigrationTarget>> target =
       migrate::GrpcMigrationTarget::connect(destination, tls,
                                             request.value("destination_name", "vm"));
+  if (target.ok()) {
+    // Before sending anything: can the guest run there at all?
+    Status fits = check_destination(**target);
+    if (!fits.ok()) target = std::move(fits).error();
+  }
   Result<migrate::Progress> result =
       target.ok()
           ? migrate::migrate_vm(

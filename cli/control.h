@@ -16,6 +16,7 @@
 
 #include "base/error.h"
 #include "base/fd.h"
+#include "migrate/grpc_target.h"
 #include "state/dirty_tracker.h"
 #include "vmm/vm.h"
 
@@ -36,6 +37,8 @@ class ControlServer {
   // {"op":"migrate",...}: runs the pre-copy migration, one JSON progress line per round on
   // `conn`, the last one with phase done/failed/cancelled. On success the VM ends here.
   void migrate(const nlohmann::json& request, Fd conn);
+  // The destination's host report against the guest's CPU features (vmctl host-check's rules).
+  Status check_destination(migrate::GrpcMigrationTarget& target);
 
   vmm::Vm& vm_;
   std::string path_;

@@ -6,12 +6,17 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <optional>
+
+#include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
 #include <google/protobuf/util/json_util.h>
 
 #include "base/size.h"
 #include "proto/vmctl.grpc.pb.h"
+#include "state/host_report.h"
 
 namespace vmctl::cli {
 namespace {
@@ -32,28 +37,16 @@ std::string to_json(const google::protobuf::Message& m) {
   return out;
 }
 
-const char* state_text(v1::VmState s) {
-  switch (s) {
-    case v1::VM_STATE_CREATED:
-      return "created";
-    case v1::VM_STATE_RUNNING:
-      return "running";
-    case v1::VM_STATE_PAUSED:
-      return "paused";
-    case v1::VM_STATE_STOPPED:
-      return "stopped";
-    case v1::VM_STATE_FAILED:
-      return "failed";
-    case v1::VM_STATE_MIGRATING:
-      return "migrating";
-    case v1::VM_STATE_MIGRATED:
-      return "migrated";
-    case v1::VM_STATE_LOST:
-      return "lost";
-    default:
-      return "unknown";
-  }
+}  // namespace
+
+std::string vm_state_name(v1::VmState s) {
+  std::string name = v1::VmState_Name(s);
+  if (name.rfind("VM_STATE_", 0) == 0) name = name.substr(9);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name.empty() ? "unknown" : name;
 }
+
+namespace {
 
 class Client {
  public:
@@ -103,7 +96,7 @@ void print_info(const v1::VmInfo& i, bool json) {
     std::printf("%s\n", to_json(i).c_str());
     return;
   }
-  std::printf("%s: %s", i.name().c_str(), state_text(i.state()));
+  std::printf("%s: %s", i.name().c_str(), vm_state_name(i.state()).c_str());
   if (i.pid()) std::printf(" (process %d)", i.pid());
   if (!i.migrated_to().empty()) std::printf(" to %s", i.migrated_to().c_str());
   if (i.state() == v1::VM_STATE_STOPPED && i.exit_code() != 0) {
@@ -249,7 +242,7 @@ int console_command(DaemonOptions& o) {
       if (s != v1::VM_STATE_RUNNING && s != v1::VM_STATE_PAUSED && s != v1::VM_STATE_MIGRATING &&
           s != v1::VM_STATE_CREATED) {
         if (!o.json) {
-          std::fprintf(stderr, "vmctl: %s is %s\n", o.name.c_str(), state_text(s));
+          std::fprintf(stderr, "vmctl: %s is %s\n", o.name.c_str(), vm_state_name(s).c_str());
         }
         context.TryCancel();
       }
@@ -260,6 +253,60 @@ int console_command(DaemonOptions& o) {
     return client->fail(status);
   }
   return 0;
+}
+
+int host_info_command(DaemonOptions& o) {
+  nlohmann::json report;
+  if (o.from_daemon) {
+    Result<Client> client = Client::connect(o);
+    if (!client.ok()) return connect_failed(client.error());
+    grpc::ClientContext context;
+    v1::HostInfo info;
+    grpc::Status status = client->stub().GetHostInfo(&context, v1::HostInfoRequest(), &info);
+    if (!status.ok()) return client->fail(status);
+    report = nlohmann::json::parse(info.report_json(), nullptr, false);
+  } else {
+    Result<nlohmann::json> local = state::host_report();
+    if (!local.ok()) return connect_failed(local.error());
+    report = *local;
+  }
+  if (o.json) {
+    std::printf("%s\n", report.dump(2).c_str());
+  } else {
+    std::printf("%s", state::format_host_report(report).c_str());
+  }
+  return 0;
+}
+
+int host_check_command(DaemonOptions& o) {
+  nlohmann::json hosts[2];
+  for (int i = 0; i < 2; ++i) {
+    std::ifstream in(o.reports[i]);
+    hosts[i] = nlohmann::json::parse(in, nullptr, false);
+    if (!in || hosts[i].is_discarded() || !hosts[i].contains("guest_cpu_features")) {
+      std::fprintf(stderr, "vmctl: %s is not a report from `vmctl host-info --json`\n",
+                   o.reports[i].c_str());
+      return 2;
+    }
+  }
+  std::optional<std::vector<std::string>> guest;
+  if (!o.guest_snapshot.empty()) {
+    Result<std::vector<std::string>> features = state::snapshot_cpu_features(o.guest_snapshot);
+    if (!features.ok()) return connect_failed(features.error());
+    guest = *features;
+  }
+  state::MoveVerdict verdict = state::check_move(hosts[0], hosts[1], guest ? &*guest : nullptr);
+  if (o.json) {
+    std::printf("%s\n", nlohmann::json{{"can_move", verdict.can_move}, {"reasons", verdict.reasons}}
+                            .dump()
+                            .c_str());
+  } else {
+    std::printf("%s -> %s: %s\n", hosts[0].value("hostname", "A").c_str(),
+                hosts[1].value("hostname", "B").c_str(),
+                verdict.can_move ? "the guest can move" : "the guest cannot move");
+    for (const std::string& r : verdict.reasons) std::printf("  %s\n", r.c_str());
+  }
+  return verdict.can_move ? 0 : 1;
 }
 
 }  // namespace
@@ -299,7 +346,8 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
   c.console->add_option("name", o.name, "VM name")->required();
   c.console->add_option("--send", o.send,
                         "Send this text to the guest's COM1 first (\\n is not added)");
-  c.console->add_flag("--follow,!--no-follow", o.follow, "With --send: send only, do not follow the console");
+  c.console->add_flag("--follow,!--no-follow", o.follow,
+                      "With --send: send only, do not follow the console");
 
   c.migrate = app.add_subcommand("migrate", "Live-migrate a running VM to another vmctld");
   c.migrate->add_option("name", o.name, "VM name")->required();
@@ -326,8 +374,21 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
       "  vmctl migrate web1 --to 10.0.0.2:7443 --downtime-ms 50 --tls-ca ca.pem \\\n"
       "      --tls-cert client.pem --tls-key client.key");
 
-  for (CLI::App* verb :
-       {c.create, c.start, c.stop, c.remove, c.list, c.info, c.console, c.migrate, c.cancel}) {
+  c.host_info = app.add_subcommand(
+      "host-info", "What this host's KVM offers: capabilities, virtualization features, CPU");
+  c.host_info->add_flag("--daemon", o.from_daemon,
+                        "Ask the vmctld selected by --host instead of this machine");
+  c.host_info->footer(
+      "Save it with --json on each host, then compare with `vmctl host-check A.json B.json`.");
+  c.host_check = app.add_subcommand(
+      "host-check", "Can a guest move from host A to host B? (reports from host-info --json)");
+  c.host_check->add_option("reports", o.reports, "A.json B.json")->required()->expected(2);
+  c.host_check->add_option("--guest", o.guest_snapshot,
+                           "Judge this guest (a snapshot file) rather than any guest of A");
+  c.host_check->footer("Exit code 0: it can move; 1: it cannot (the lines say why).");
+
+  for (CLI::App* verb : {c.create, c.start, c.stop, c.remove, c.list, c.info, c.console, c.migrate,
+                         c.cancel, c.host_info, c.host_check}) {
     verb->add_flag("--json", o.json, "Print JSON for scripts");
   }
   return c;
@@ -376,13 +437,15 @@ int run_daemon_command(const DaemonCommands& c, DaemonOptions& o) {
     }
     std::printf("%-24s %-10s %5s %10s %8s\n", "NAME", "STATE", "CPUS", "MEMORY", "PID");
     for (const v1::VmInfo& i : response.vms()) {
-      std::printf("%-24s %-10s %5u %10s %8s\n", i.name().c_str(), state_text(i.state()),
+      std::printf("%-24s %-10s %5u %10s %8s\n", i.name().c_str(), vm_state_name(i.state()).c_str(),
                   i.config().cpus(), format_size(i.config().memory_bytes()).c_str(),
                   i.pid() ? std::to_string(i.pid()).c_str() : "-");
     }
     return 0;
   }
   if (c.console->parsed()) return console_command(o);
+  if (c.host_info->parsed()) return host_info_command(o);
+  if (c.host_check->parsed()) return host_check_command(o);
   if (c.migrate->parsed()) return migrate_command(o);
   return 2;
 }

@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "migrate/channel.h"
+#include "proto/vmctl.pb.h"
 
 namespace vmctl::cli {
 
@@ -34,6 +35,10 @@ struct DaemonOptions {
   unsigned downtime_ms = 30, max_rounds = 30, max_seconds = 120, streams = 1;
   int migrate_compression = 0;
   bool auto_converge = false;
+  // host-info / host-check
+  bool from_daemon = false;
+  std::vector<std::string> reports;
+  std::string guest_snapshot;
 };
 
 struct DaemonCommands {
@@ -46,7 +51,13 @@ struct DaemonCommands {
   CLI::App* console;
   CLI::App* migrate;
   CLI::App* cancel;
+  CLI::App* host_info;
+  CLI::App* host_check;
 };
+
+// "running" for VM_STATE_RUNNING: the enum's own name, as operators read it (vmctld's messages
+// use it too).
+std::string vm_state_name(::vmctl::v1::VmState state);
 
 // Adds --host and --tls-* to `app` and the daemon-only verbs.
 DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& options);

@@ -79,8 +79,9 @@ int main(int argc, char** argv) {
     return vmctl::cli::daemon_pause_resume(to_daemon(state_options), pause);
   }
   bool daemon_verb = false;
-  for (CLI::App* verb : {daemon.create, daemon.start, daemon.stop, daemon.remove, daemon.list,
-                         daemon.info, daemon.console, daemon.migrate, daemon.cancel}) {
+  for (CLI::App* verb :
+       {daemon.create, daemon.start, daemon.stop, daemon.remove, daemon.list, daemon.info,
+        daemon.console, daemon.migrate, daemon.cancel, daemon.host_info, daemon.host_check}) {
     daemon_verb |= verb->parsed();
   }
   if (daemon_verb) return vmctl::cli::run_daemon_command(daemon, daemon_options);

@@ -14,6 +14,7 @@
 
 #include "base/fd.h"
 #include "cli/control.h"
+#include "state/host_report.h"
 #include "state/stream.h"
 
 namespace vmctl::daemon {
@@ -254,6 +255,14 @@ grpc::Status VmctlService::CancelMigration(grpc::ServerContext*, const v1::VmRef
   Result<nlohmann::json> answer = cli::control_request(*socket, {{"op", "cancel_migration"}});
   if (!answer.ok()) return to_grpc(answer.error());
   return reply(manager_.get(r->name()), out);
+}
+
+grpc::Status VmctlService::GetHostInfo(grpc::ServerContext*, const v1::HostInfoRequest*,
+                                       v1::HostInfo* out) {
+  Result<nlohmann::json> report = state::host_report();
+  if (!report.ok()) return to_grpc(report.error());
+  out->set_report_json(report->dump());
+  return grpc::Status::OK;
 }
 
 // The receiving side: the record stream goes to a new `vmctl receive` process over a socketpair;

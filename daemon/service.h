@@ -44,6 +44,8 @@ class VmctlService final : public v1::Vmctl::Service {
   grpc::Status Migrate(grpc::ServerContext*, const v1::MigrateRequest*,
                        grpc::ServerWriter<v1::MigrationProgress>*) override;
   grpc::Status CancelMigration(grpc::ServerContext*, const v1::VmRef*, v1::VmInfo*) override;
+  grpc::Status GetHostInfo(grpc::ServerContext*, const v1::HostInfoRequest*,
+                           v1::HostInfo*) override;
 
  private:
   VmManager& manager_;

@@ -18,6 +18,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cli/control.h"
+#include "cli/daemon_commands.h"
 
 extern char** environ;
 
@@ -81,29 +82,6 @@ Status validate_vm_name(const std::string& name) {
         "invalid VM name '{}': use 1 to 64 of A-Z a-z 0-9 _ . - (not starting with a dot)", name));
   }
   return ok_status();
-}
-
-const char* vm_state_name(v1::VmState state) {
-  switch (state) {
-    case v1::VM_STATE_CREATED:
-      return "created";
-    case v1::VM_STATE_RUNNING:
-      return "running";
-    case v1::VM_STATE_PAUSED:
-      return "paused";
-    case v1::VM_STATE_STOPPED:
-      return "stopped";
-    case v1::VM_STATE_FAILED:
-      return "failed";
-    case v1::VM_STATE_MIGRATING:
-      return "migrating";
-    case v1::VM_STATE_MIGRATED:
-      return "migrated";
-    case v1::VM_STATE_LOST:
-      return "lost";
-    default:
-      return "unknown";
-  }
 }
 
 Result<std::unique_ptr<VmManager>> VmManager::open(const ManagerOptions& options) {

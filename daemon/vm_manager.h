@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "cli/daemon_commands.h"
 #include "proto/vmctl.pb.h"
 
 namespace vmctl::daemon {
@@ -121,6 +122,6 @@ class VmManager {
 
 // [A-Za-z0-9_.-], 1 to 64 characters, not starting with a dot.
 Status validate_vm_name(const std::string& name);
-const char* vm_state_name(v1::VmState state);
+using cli::vm_state_name;
 
 }  // namespace vmctl::daemon

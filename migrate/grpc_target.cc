@@ -24,6 +24,19 @@ int64_t fault(const char* name) {
 }
 }  // namespace
 
+Result<std::string> GrpcMigrationTarget::destination_report() {
+  auto stub = v1::Vmctl::NewStub(channel_);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::HostInfo info;
+  grpc::Status s = stub->GetHostInfo(&context, v1::HostInfoRequest(), &info);
+  if (!s.ok()) {
+    return Error::failure(fmt::format("asking the destination {} about its host: {}", destination_,
+                                      s.error_message()));
+  }
+  return info.report_json();
+}
+
 Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
     const std::string& destination, const TlsConfig& tls, const std::string& vm_name) {
   std::unique_ptr<GrpcMigrationTarget> t(new GrpcMigrationTarget());

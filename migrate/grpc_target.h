@@ -23,6 +23,8 @@ class GrpcMigrationTarget final : public MigrationTarget, private state::ByteSin
                                                               const std::string& vm_name);
   ~GrpcMigrationTarget() override;
 
+  // The destination daemon's host report (GetHostInfo), for the pre-migration check.
+  Result<std::string> destination_report();
   state::ByteSink& sink() override { return *this; }
   Status flush() override;
   Result<double> restored(double timeout_seconds) override;
@@ -50,8 +52,8 @@ class GrpcMigrationTarget final : public MigrationTarget, private state::ByteSin
   std::optional<std::string> failed_;
   bool ended_ = false;
   bool committed_ = false;
-  uint64_t streamed_ = 0;     // bytes of the record stream so far
-  int64_t corrupt_at_ = -1;   // fault injection (see grpc_target.cc)
+  uint64_t streamed_ = 0;    // bytes of the record stream so far
+  int64_t corrupt_at_ = -1;  // fault injection (see grpc_target.cc)
 };
 
 }  // namespace vmctl::migrate

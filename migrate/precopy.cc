@@ -55,6 +55,7 @@ class DirtyLog {
       bitmaps[i].assign((pages + 63) / 64, 0);
       TRY(vm_.vm_fd().get_dirty_log(regions[i].slot, bitmaps[i].data()));
       if (!manual_) continue;
+      // (The VMM's own writes are merged below; they need no clearing in KVM.)
       for (uint64_t first = 0; first < pages; first += kClearChunkPages) {
         uint64_t count = std::min(kClearChunkPages, pages - first);
         uint64_t* words = bitmaps[i].data() + first / 64;
@@ -65,6 +66,7 @@ class DirtyLog {
                                         words));
       }
     }
+    vm_.memory().take_vmm_dirty(bitmaps);
     return bitmaps;
   }
 

@@ -82,7 +82,7 @@ case "$cmd" in
     check_kvm
     build
     names=("$@")
-    ((${#names[@]})) || names=(snapshot)
+    ((${#names[@]})) || names=(snapshot migration)
     for name in "${names[@]}"; do
       log "benchmark: $name"
       "$BUILD/bench/${name}_bench" --json "$BUILD/bench/$name.json"

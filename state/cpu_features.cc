@@ -1,5 +1,9 @@
 #include "state/cpu_features.h"
 
+#include <cpuid.h>
+
+#include <cstring>
+
 namespace vmctl::state {
 namespace {
 
@@ -131,6 +135,34 @@ std::vector<std::string> missing_cpu_features(const std::vector<vmm::CpuidEntry>
     if (!h || !(reg_of(*h, f.reg) & (1u << f.bit))) missing.push_back(f.name);
   }
   return missing;
+}
+
+HostCpu host_cpu() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __get_cpuid(0, &eax, &ebx, &ecx, &edx);
+  char vendor[13] = {};
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  __get_cpuid(1, &eax, &ebx, &ecx, &edx);
+  HostCpu cpu;
+  cpu.vendor = vendor;
+  cpu.family = (eax >> 8) & 0xf;
+  cpu.model = (eax >> 4) & 0xf;
+  // The extended family and model fields count only where the SDM/APM say they do.
+  if (cpu.family == 0xf) cpu.family += (eax >> 20) & 0xff;
+  if (cpu.family >= 6) cpu.model |= ((eax >> 16) & 0xf) << 4;
+  cpu.stepping = eax & 0xf;
+  return cpu;
+}
+
+std::vector<std::string> cpu_feature_names(const std::vector<vmm::CpuidEntry>& cpuid) {
+  std::vector<std::string> names;
+  for (const FeatureBit& f : kFeatures) {
+    const vmm::CpuidEntry* e = vmm::find_cpuid(cpuid, f.leaf, f.subleaf);
+    if (e && (reg_of(*e, f.reg) & (1u << f.bit))) names.push_back(f.name);
+  }
+  return names;
 }
 
 }  // namespace vmctl::state

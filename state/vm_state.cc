@@ -61,20 +61,11 @@ void fill_host_facts(vmm::Vm& vm, ps::HostFacts::Builder host) {
   host.setHostname(hostname);
   struct utsname uts {};
   if (uname(&uts) == 0) host.setKernelRelease(uts.release);
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  __get_cpuid(0, &eax, &ebx, &ecx, &edx);
-  char vendor[13] = {};
-  std::memcpy(vendor, &ebx, 4);
-  std::memcpy(vendor + 4, &edx, 4);
-  std::memcpy(vendor + 8, &ecx, 4);
-  host.setCpuVendor(vendor);
-  __get_cpuid(1, &eax, &ebx, &ecx, &edx);
-  uint32_t family = (eax >> 8) & 0xf, model = (eax >> 4) & 0xf;
-  if (family == 0xf) family += (eax >> 20) & 0xff;
-  if (family >= 6) model |= ((eax >> 16) & 0xf) << 4;
-  host.setCpuFamily(family);
-  host.setCpuModel(model);
-  host.setCpuStepping(eax & 0xf);
+  HostCpu cpu = host_cpu();
+  host.setCpuVendor(cpu.vendor);
+  host.setCpuFamily(cpu.family);
+  host.setCpuModel(cpu.model);
+  host.setCpuStepping(cpu.stepping);
   host.setKvmApiVersion(KVM_API_VERSION);
   const std::pair<const char*, long> caps[] = {
       {"KVM_CAP_IRQCHIP", KVM_CAP_IRQCHIP},

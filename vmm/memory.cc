@@ -40,6 +40,7 @@ Result<GuestMemory> GuestMemory::create(uint64_t ram_size, const MemoryFileBacki
   low_region.slot = 0;
   low_region.host = TRY_CTX(map(low, 0, "guest RAM below 4 GiB"),
                             "allocating " + format_size(ram_size) + " of guest memory");
+  low_region.vmm_dirty = std::make_unique<std::atomic<uint64_t>[]>((low / kPageSize + 63) / 64);
   memory.regions_.push_back(std::move(low_region));
   if (ram_size > low) {
     MemoryRegion high;
@@ -48,6 +49,7 @@ Result<GuestMemory> GuestMemory::create(uint64_t ram_size, const MemoryFileBacki
     high.slot = 1;
     high.host = TRY_CTX(map(high.size, low, "guest RAM above 4 GiB"),
                         "allocating " + format_size(ram_size) + " of guest memory");
+    high.vmm_dirty = std::make_unique<std::atomic<uint64_t>[]>((high.size / kPageSize + 63) / 64);
     memory.regions_.push_back(std::move(high));
   }
   return memory;
@@ -65,6 +67,7 @@ Status GuestMemory::write(uint64_t gpa, const void* src, size_t len) {
   if (dst == nullptr)
     return Error::failure("guest write " + range_text(gpa, len) + " is outside guest RAM");
   std::memcpy(dst, src, len);
+  mark_vmm_dirty(gpa, len);
   return ok_status();
 }
 
@@ -81,7 +84,30 @@ Status GuestMemory::fill(uint64_t gpa, uint8_t byte, size_t len) {
   if (dst == nullptr)
     return Error::failure("guest fill " + range_text(gpa, len) + " is outside guest RAM");
   std::memset(dst, byte, len);
+  mark_vmm_dirty(gpa, len);
   return ok_status();
+}
+
+void GuestMemory::mark_vmm_dirty(uint64_t gpa, uint64_t len) {
+  if (len == 0) return;
+  for (MemoryRegion& r : regions_) {
+    if (!r.contains(gpa, len)) continue;
+    uint64_t first = (gpa - r.guest_phys) / kPageSize;
+    uint64_t last = (gpa - r.guest_phys + len - 1) / kPageSize;
+    for (uint64_t p = first; p <= last; ++p) {
+      r.vmm_dirty[p / 64].fetch_or(uint64_t{1} << (p % 64), std::memory_order_relaxed);
+    }
+    return;
+  }
+}
+
+void GuestMemory::take_vmm_dirty(std::vector<std::vector<uint64_t>>& bitmaps) {
+  for (size_t i = 0; i < regions_.size() && i < bitmaps.size(); ++i) {
+    uint64_t words = (regions_[i].size / kPageSize + 63) / 64;
+    for (uint64_t w = 0; w < words && w < bitmaps[i].size(); ++w) {
+      bitmaps[i][w] |= regions_[i].vmm_dirty[w].exchange(0, std::memory_order_relaxed);
+    }
+  }
 }
 
 }  // namespace vmctl::vmm

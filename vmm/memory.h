@@ -5,8 +5,10 @@
 // from 4 GiB up. Regions are registered with KVM by the VM (vmm/vm.cc); this file knows no ioctls.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -23,7 +25,10 @@ inline constexpr uint64_t kMinimumMemory = 16ull << 20;   // a guest below this 
 struct MemoryRegion {
   uint64_t guest_phys = 0;
   uint64_t size = 0;
-  Mapping host;                // owns the host pages backing this region
+  Mapping host;  // owns the host pages backing this region
+  // Pages the VMM itself wrote through GuestMemory::write/fill: KVM's dirty log only sees the
+  // guest's writes, and live migration must resend these too. One bit per page.
+  std::unique_ptr<std::atomic<uint64_t>[]> vmm_dirty;
   uint32_t slot = 0;           // KVM memory slot id
   bool dirty_logging = false;  // KVM_MEM_LOG_DIRTY_PAGES currently set on the slot
 
@@ -58,11 +63,17 @@ class GuestMemory {
 
   // Host pointer for [gpa, gpa+len), or nullptr if the range is not wholly inside one region.
   uint8_t* host_address(uint64_t gpa, uint64_t len) const;
+  // Marks [gpa, gpa+len) as written by the VMM (see MemoryRegion::vmm_dirty).
+  void mark_vmm_dirty(uint64_t gpa, uint64_t len);
 
   // Bounds-checked copies; the error names the guest address range.
   Status write(uint64_t gpa, const void* src, size_t len);
   Status read(uint64_t gpa, void* dst, size_t len) const;
   Status fill(uint64_t gpa, uint8_t byte, size_t len);
+
+  // ORs the pages the VMM wrote since the last call into `bitmaps` (one per region, one bit per
+  // page, sized by the caller) and clears them.
+  void take_vmm_dirty(std::vector<std::vector<uint64_t>>& bitmaps);
 
   template <typename T>
   Status write_obj(uint64_t gpa, const T& obj) {

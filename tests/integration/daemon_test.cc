@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "tests/integration/daemon_fixture.h"
 
 namespace vmctl::testing {
@@ -263,6 +265,48 @@ TEST_F(DaemonTest, CliTalksToTheDaemon) {
   d.stop();
   EXPECT_EQ(vmctl({"list"}, &out), 1);
   EXPECT_NE(out.find("cannot reach vmctld"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace vmctl::testing
+
+namespace vmctl::testing {
+namespace {
+
+TEST(HostReport, HostInfoAndHostCheckOnThisMachine) {
+  VmctlProcess info({"host-info", "--json"});
+  ASSERT_EQ(info.wait_exit(std::chrono::seconds(30)), 0) << info.err();
+  std::string json = info.out();
+  EXPECT_NE(json.find("\"irqchip\": 1"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"guest_cpu_features\""), std::string::npos);
+  ScratchDir dir("hostcheck");
+  std::string a = dir.path() + "/a.json", b = dir.path() + "/b.json";
+  { std::ofstream(a) << json; }
+  // Host B: the same, but without SSE2 (a guest of A certainly uses it).
+  std::string without = json;
+  size_t at = without.find("\"sse2\",");
+  ASSERT_NE(at, std::string::npos);
+  without.erase(at, 7);
+  { std::ofstream(b) << without; }
+  VmctlProcess same({"host-check", a, a});
+  EXPECT_EQ(same.wait_exit(std::chrono::seconds(30)), 0) << same.out() << same.err();
+  VmctlProcess check({"host-check", a, b});
+  EXPECT_EQ(check.wait_exit(std::chrono::seconds(30)), 1);
+  EXPECT_NE(check.out().find("lacks sse2"), std::string::npos) << check.out();
+  VmctlProcess guest(
+      {"host-check", a, a, "--guest", VMCTL_SOURCE_DIR "/tests/data/heartbeat-v1.0.snap"});
+  EXPECT_EQ(guest.wait_exit(std::chrono::seconds(30)), 0) << guest.out() << guest.err();
+  VmctlProcess bad({"host-check", a, "/nonexistent.json"});
+  EXPECT_EQ(bad.wait_exit(std::chrono::seconds(30)), 2);
+}
+
+TEST(HostReport, DaemonServesTheSameReport) {
+  ScratchDir dir("hostinfo-daemon");
+  Daemon d(dir.path());
+  VmctlProcess info({"--host", d.address(), "host-info", "--daemon"});
+  ASSERT_EQ(info.wait_exit(std::chrono::seconds(30)), 0) << info.err();
+  EXPECT_NE(info.out().find("KVM capabilities the VMM uses"), std::string::npos) << info.out();
+  EXPECT_NE(info.out().find("manual_dirty_log_protect"), std::string::npos);
 }
 
 }  // namespace

@@ -1,0 +1,232 @@
+// Live migration through two vmctld daemons over loopback TCP with mutual TLS: total time,
+// downtime (the daemon's breakdown), bytes and rounds, for idle guests and guests dirtying memory
+// at several rates.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+
+#include "base/size.h"
+#include "bench/bench_report.h"
+#include "migrate/channel.h"
+#include "proto/vmctl.grpc.pb.h"
+
+namespace vmctl::bench {
+namespace {
+
+namespace v1 = ::vmctl::v1;
+using namespace std::chrono_literals;
+
+// One vmctld on 127.0.0.1:port with TLS, its state under `dir`.
+class DaemonProcess {
+ public:
+  DaemonProcess(const std::string& dir, int port, const std::string& tls) : dir_(dir) {
+    mkdir(dir.c_str(), 0700);
+    std::vector<std::string> args = {VMCTLD_BINARY,
+                                     "--socket",
+                                     dir + "/vmctld.sock",
+                                     "--state-dir",
+                                     dir + "/state",
+                                     "--listen",
+                                     fmt::format("127.0.0.1:{}", port),
+                                     "--tls-ca",
+                                     tls + "/ca.pem",
+                                     "--tls-cert",
+                                     tls + "/node.pem",
+                                     "--tls-key",
+                                     tls + "/node.key",
+                                     "--log-level",
+                                     "warn"};
+    pid_ = fork();
+    if (pid_ == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    struct stat st {};
+    for (int i = 0; i < 500 && stat((dir + "/vmctld.sock").c_str(), &st) != 0; ++i) {
+      std::this_thread::sleep_for(10ms);
+    }
+    stub_ = v1::Vmctl::NewStub(
+        grpc::CreateChannel("unix:" + dir + "/vmctld.sock", grpc::InsecureChannelCredentials()));
+  }
+  ~DaemonProcess() {
+    stub_.reset();
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+  }
+  v1::Vmctl::Stub& stub() { return *stub_; }
+  std::string console(const std::string& name) {
+    std::ifstream in(dir_ + "/state/vms/" + name + "/console.log");
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+  bool wait_console(const std::string& name, const std::string& pattern,
+                    std::chrono::seconds timeout) {
+    std::regex re(pattern);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (std::regex_search(console(name), re)) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+  void remove(const std::string& name) {
+    for (auto method : {&v1::Vmctl::Stub::StopVm, &v1::Vmctl::Stub::DeleteVm}) {
+      grpc::ClientContext c;
+      v1::VmRef ref;
+      ref.set_name(name);
+      v1::VmInfo info;
+      (void)(stub_.get()->*method)(&c, ref, &info);
+    }
+  }
+
+ private:
+  std::string dir_;
+  pid_t pid_ = -1;
+  std::unique_ptr<v1::Vmctl::Stub> stub_;
+};
+
+struct Case {
+  uint64_t memory;
+  int rate_mib_s;  // -1: idle guest (heartbeat); 0: as fast as the guest can
+  std::string workload() const {
+    if (rate_mib_s < 0) return "idle";
+    if (rate_mib_s == 0) return "dirty max";
+    return fmt::format("dirty {} MiB/s", rate_mib_s);
+  }
+};
+
+int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates, unsigned downtime_ms,
+        bool auto_converge, const std::string& json) {
+  std::string dir = fmt::format("/tmp/vmctl-migration-bench-{}", getpid());
+  std::string tls = dir + "/tls";
+  if (std::system(("mkdir -p " + dir + " && bash " VMCTL_SOURCE_DIR "/scripts/make-test-certs.sh " +
+                   tls + " 127.0.0.1")
+                      .c_str()) != 0) {
+    std::fprintf(stderr, "migration_bench: cannot make TLS certificates (openssl?)\n");
+    return 1;
+  }
+  int port_a = 17000 + getpid() % 1000, port_b = port_a + 1000;
+  Report report("live migration (two vmctld over loopback TCP, mutual TLS)",
+                {"guest", "workload", "result", "total s", "downtime ms", "last pages ms",
+                 "state ms", "resume ms", "rounds", "MiB sent", "MiB/s"});
+  report.set_context("host", host_context());
+  report.set_context("downtime_target_ms", downtime_ms);
+  report.set_context("auto_converge", auto_converge);
+  {
+    DaemonProcess a(dir + "/a", port_a, tls), b(dir + "/b", port_b, tls);
+    for (uint64_t memory : sizes) {
+      for (int rate : rates) {
+        Case c{memory, rate};
+        std::fprintf(stderr, "migration_bench: %s %s...\n", format_size(memory).c_str(),
+                     c.workload().c_str());
+        std::string name = fmt::format("bench{}", rate < 0 ? 0 : rate + 1);
+        grpc::ClientContext create_context;
+        v1::CreateVmRequest create;
+        create.set_name(name);
+        create.set_start(true);
+        create.mutable_config()->set_memory_bytes(memory);
+        create.mutable_config()->set_cpus(1);
+        uint64_t dirty_mib = (memory >> 20) - 64;
+        if (rate >= 0) {
+          create.mutable_config()->set_kernel(VMCTL_GUEST_DIR "/dirtier.elf");
+          create.mutable_config()->set_cmdline(
+              fmt::format("mib={} rate={} hb_ms=100", dirty_mib, rate));
+        } else {
+          create.mutable_config()->set_kernel(VMCTL_GUEST_DIR "/heartbeat.elf");
+          create.mutable_config()->set_cmdline("hb_ms=100");
+        }
+        v1::VmInfo info;
+        grpc::Status s = a.stub().CreateVm(&create_context, create, &info);
+        if (!s.ok()) {
+          std::fprintf(stderr, "migration_bench: %s\n", s.error_message().c_str());
+          return 1;
+        }
+        // The guest is going: its memory is filled (dirtier) or it is beating (idle).
+        a.wait_console(name, rate >= 0 ? "total=[1-9]" : "HB 3", 120s);
+        if (rate >= 0) std::this_thread::sleep_for(2s);
+        grpc::ClientContext context;
+        v1::MigrateRequest request;
+        request.set_name(name);
+        request.set_destination(fmt::format("127.0.0.1:{}", port_b));
+        request.set_downtime_ms(downtime_ms);
+        request.set_max_seconds(60);
+        request.set_compression(-1);
+        request.set_policy(auto_converge ? v1::CONVERGENCE_AUTO_CONVERGE : v1::CONVERGENCE_GIVE_UP);
+        auto reader = a.stub().Migrate(&context, request);
+        v1::MigrationProgress p, last;
+        while (reader->Read(&p)) last = p;
+        grpc::Status result = reader->Finish();
+        const v1::DowntimeBreakdown& d = last.downtime();
+        nlohmann::json row = {{"guest", format_size(memory)},
+                              {"workload", c.workload()},
+                              {"result", result.ok() ? "ok" : "gave up"},
+                              {"total s", last.elapsed_seconds()},
+                              {"rounds", last.round() + 1},
+                              {"MiB sent", static_cast<double>(last.bytes_sent()) / (1 << 20)},
+                              {"MiB/s", last.bandwidth_mib_s()}};
+        if (result.ok()) {
+          row["downtime ms"] = d.total_ms();
+          row["last pages ms"] = d.pause_to_last_page_ms();
+          row["state ms"] = d.last_page_to_state_ms();
+          row["resume ms"] = d.state_to_resumed_ms();
+        } else {
+          row["error"] = result.error_message();
+        }
+        report.add(row);
+        a.remove(name);
+        b.remove(name);
+      }
+    }
+  }
+  std::system(("rm -rf " + dir).c_str());
+  return report.finish(json);
+}
+
+}  // namespace
+}  // namespace vmctl::bench
+
+int main(int argc, char** argv) {
+  using namespace vmctl;
+  CLI::App app(
+      "Live migration benchmark: two vmctld on loopback TCP with mutual TLS; total time, "
+      "downtime breakdown, bytes and rounds for idle and dirtying guests.");
+  std::vector<std::string> sizes = {"512M", "2G"};
+  std::vector<int> rates = {-1, 64, 256, 0};
+  unsigned downtime_ms = 30;
+  bool auto_converge = false;
+  std::string json;
+  app.add_option("--sizes", sizes, "Guest RAM sizes")->delimiter(',')->capture_default_str();
+  app.add_option("--rates", rates,
+                 "Dirty rates in MiB/s (-1: idle heartbeat guest, 0: as fast as the guest can)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--downtime-ms", downtime_ms, "Downtime target")->capture_default_str();
+  app.add_flag("--auto-converge", auto_converge, "Throttle instead of giving up");
+  app.add_option("--json", json, "Also write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+  std::vector<uint64_t> bytes;
+  for (const std::string& s : sizes) {
+    Result<uint64_t> b = parse_size(s);
+    if (!b.ok()) {
+      std::fprintf(stderr, "migration_bench: %s\n", b.error().message().c_str());
+      return 2;
+    }
+    bytes.push_back(*b);
+  }
+  return bench::run(bytes, rates, downtime_ms, auto_converge, json);
+}
