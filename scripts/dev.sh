@@ -82,7 +82,7 @@ case "$cmd" in
     check_kvm
     build
     names=("$@")
-    ((${#names[@]})) || names=(snapshot migration)
+    ((${#names[@]})) || names=(snapshot migration tpr)
     for name in "${names[@]}"; do
       log "benchmark: $name"
       "$BUILD/bench/${name}_bench" --json "$BUILD/bench/$name.json"

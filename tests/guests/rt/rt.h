@@ -33,6 +33,7 @@ enum rt_syscall {
   RT_SYS_WRITE = 3,     /* write rdi[0..rsi) to COM1 */
   RT_SYS_READ = 4,      /* read up to rsi pending COM1 bytes into rdi; returns the count */
   RT_SYS_EXIT = 5,      /* end the VM with status rdi through the debug-exit port */
+  RT_SYS_TPR_STORM = 6, /* write CR8 rdi times in ring 0 (alternating 0 and 1); returns TSC ticks */
 };
 
 /* Filled by the ring-0 boot path; read-only afterwards (ring 3 reads them directly). */
