@@ -111,7 +111,7 @@ struct Case {
 };
 
 int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates, unsigned downtime_ms,
-        bool auto_converge, const std::string& json) {
+        bool auto_converge, unsigned streams, const std::string& json) {
   std::string dir = fmt::format("/tmp/vmctl-migration-bench-{}", getpid());
   std::string tls = dir + "/tls";
   if (std::system(("mkdir -p " + dir + " && bash " VMCTL_SOURCE_DIR "/scripts/make-test-certs.sh " +
@@ -127,6 +127,7 @@ int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates, unsig
   report.set_context("host", host_context());
   report.set_context("downtime_target_ms", downtime_ms);
   report.set_context("auto_converge", auto_converge);
+  report.set_context("streams", streams);
   {
     DaemonProcess a(dir + "/a", port_a, tls), b(dir + "/b", port_b, tls);
     for (uint64_t memory : sizes) {
@@ -166,6 +167,7 @@ int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates, unsig
         request.set_downtime_ms(downtime_ms);
         request.set_max_seconds(60);
         request.set_compression(-1);
+        request.set_streams(streams);
         request.set_policy(auto_converge ? v1::CONVERGENCE_AUTO_CONVERGE : v1::CONVERGENCE_GIVE_UP);
         auto reader = a.stub().Migrate(&context, request);
         v1::MigrationProgress p, last;
@@ -209,6 +211,7 @@ int main(int argc, char** argv) {
   std::vector<int> rates = {-1, 64, 256, 0};
   unsigned downtime_ms = 30;
   bool auto_converge = false;
+  unsigned streams = 1;
   std::string json;
   app.add_option("--sizes", sizes, "Guest RAM sizes")->delimiter(',')->capture_default_str();
   app.add_option("--rates", rates,
@@ -217,6 +220,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--downtime-ms", downtime_ms, "Downtime target")->capture_default_str();
   app.add_flag("--auto-converge", auto_converge, "Throttle instead of giving up");
+  app.add_option("--streams", streams, "Parallel streams per migration")->capture_default_str();
   app.add_option("--json", json, "Also write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
   std::vector<uint64_t> bytes;
@@ -228,5 +232,5 @@ int main(int argc, char** argv) {
     }
     bytes.push_back(*b);
   }
-  return bench::run(bytes, rates, downtime_ms, auto_converge, json);
+  return bench::run(bytes, rates, downtime_ms, auto_converge, streams, json);
 }

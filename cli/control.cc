@@ -142,8 +142,8 @@ void ControlServer::migrate(const nlohmann::json& request, Fd conn) {
   std::string destination = request.value("destination", "");
   spdlog::info("migrating to {}", destination);
   Result<std::unique_ptr<migrate::GrpcMigrationTarget>> target =
-      migrate::GrpcMigrationTarget::connect(destination, tls,
-                                            request.value("destination_name", "vm"));
+      migrate::GrpcMigrationTarget::connect(
+          destination, tls, request.value("destination_name", "vm"), request.value("streams", 1u));
   if (target.ok()) {
     // Before sending anything: can the guest run there at all?
     Status fits = check_destination(**target);

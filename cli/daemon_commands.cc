@@ -359,7 +359,9 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
       ->capture_default_str();
   c.migrate->add_option("--max-seconds", o.max_seconds, "Time budget for the pre-copy rounds")
       ->capture_default_str();
-  c.migrate->add_option("--streams", o.streams, "Parallel streams")->capture_default_str();
+  c.migrate
+      ->add_option("--streams", o.streams, "Parallel streams, each on its own connection (1 to 16)")
+      ->capture_default_str();
   c.migrate->add_option("--compression", o.migrate_compression, "zstd level for pages (0 = off)")
       ->capture_default_str();
   c.migrate->add_flag("--auto-converge", o.auto_converge,

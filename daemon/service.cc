@@ -189,10 +189,9 @@ grpc::Status VmctlService::Migrate(grpc::ServerContext* context, const v1::Migra
                                     "migrated",
                                     r->name(), vm_state_name(vm->state()))));
   }
-  if (r->streams() > 1) {
-    return to_grpc(Error::user(fmt::format(
-        "{} parallel streams requested, but this vmctld sends one stream per migration; use 1",
-        r->streams())));
+  if (r->streams() > 16) {
+    return to_grpc(
+        Error::user(fmt::format("{} parallel streams requested: use 1 to 16", r->streams())));
   }
   if (r->destination().empty()) {
     return to_grpc(Error::user("migrate needs a destination daemon (unix:/path or host:port)"));
@@ -265,6 +264,61 @@ grpc::Status VmctlService::GetHostInfo(grpc::ServerContext*, const v1::HostInfoR
   return grpc::Status::OK;
 }
 
+bool MigrationReceiverService::Reassembly::push(uint64_t sequence, std::string bytes) {
+  std::lock_guard lock(mu_);
+  if (closed_) return false;
+  pending_.emplace(sequence, std::move(bytes));
+  for (auto it = pending_.find(next_); it != pending_.end(); it = pending_.find(next_)) {
+    const std::string& chunk = it->second;
+    size_t done = 0;
+    while (done < chunk.size()) {
+      ssize_t n = ::send(fd_, chunk.data() + done, chunk.size() - done, MSG_NOSIGNAL);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        closed_ = true;
+        return false;
+      }
+      done += static_cast<size_t>(n);
+    }
+    pending_.erase(it);
+    ++next_;
+  }
+  return true;
+}
+
+void MigrationReceiverService::Reassembly::close() {
+  std::lock_guard lock(mu_);
+  closed_ = true;
+  pending_.clear();
+}
+
+grpc::Status MigrationReceiverService::receive_secondary(
+    const v1::MigrationOffer& offer,
+    grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream) {
+  std::shared_ptr<Reassembly> target;
+  {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, std::chrono::seconds(10),
+                 [&] { return parallel_.count(offer.migration_id()) > 0; });
+    auto it = parallel_.find(offer.migration_id());
+    if (it != parallel_.end()) target = it->second;
+  }
+  v1::MigrationEvent answer;
+  if (!target) {
+    answer.set_kind(v1::MigrationEvent::FAILED);
+    answer.set_error("no migration " + offer.migration_id() + " is being received here");
+    stream->Write(answer);
+    return grpc::Status(grpc::StatusCode::NOT_FOUND, answer.error());
+  }
+  answer.set_kind(v1::MigrationEvent::ACCEPTED);
+  stream->Write(answer);
+  v1::MigrationChunk chunk;
+  while (stream->Read(&chunk)) {
+    if (!target->push(chunk.sequence(), std::move(*chunk.mutable_records()))) break;
+  }
+  return grpc::Status::OK;
+}
+
 // The receiving side: the record stream goes to a new `vmctl receive` process over a socketpair;
 // that process restores the VM and reports one line back: "RESTORED <ms>" or "FAILED <why>".
 grpc::Status MigrationReceiverService::Receive(
@@ -282,6 +336,7 @@ grpc::Status MigrationReceiverService::Receive(
     return fail("the migration stream must start with an offer");
   }
   const v1::MigrationOffer offer = chunk.offer();
+  if (offer.stream_count() > 1 && offer.stream_index() > 0) return receive_secondary(offer, stream);
   if (offer.format_major() != state::format_major()) {
     return fail(fmt::format(
         "this daemon reads state format {}.x, the source sends {}.{}: use matching vmctl "
@@ -303,7 +358,28 @@ grpc::Status MigrationReceiverService::Receive(
   theirs.reset();
   if (!started.ok()) return fail(started.error().message());
   const std::string name = offer.vm_name();
-  spdlog::info("VM {}: receiving a migration from {}", name, offer.source());
+  spdlog::info(
+      "VM {}: receiving a migration from {}{}", name, offer.source(),
+      offer.stream_count() > 1 ? fmt::format(" over {} streams", offer.stream_count()) : "");
+  std::shared_ptr<Reassembly> reassembly;
+  if (offer.stream_count() > 1) {
+    reassembly = std::make_shared<Reassembly>(ours.get());
+    std::lock_guard lock(mu_);
+    parallel_[offer.migration_id()] = reassembly;
+    cv_.notify_all();
+  }
+  // However the migration ends, the secondaries stop feeding it.
+  struct Unregister {
+    MigrationReceiverService* self;
+    std::string id;
+    std::shared_ptr<Reassembly> r;
+    ~Unregister() {
+      if (!r) return;
+      r->close();
+      std::lock_guard lock(self->mu_);
+      self->parallel_.erase(id);
+    }
+  } unregister{this, offer.migration_id(), reassembly};
   {
     v1::MigrationEvent accepted;
     accepted.set_kind(v1::MigrationEvent::ACCEPTED);
@@ -334,6 +410,10 @@ grpc::Status MigrationReceiverService::Receive(
   });
   while (stream->Read(&chunk)) {
     if (chunk.has_commit()) break;
+    if (reassembly) {
+      if (!reassembly->push(chunk.sequence(), std::move(*chunk.mutable_records()))) break;
+      continue;
+    }
     const std::string& bytes = chunk.records();
     size_t done = 0;
     while (done < bytes.size()) {

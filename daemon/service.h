@@ -4,6 +4,10 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 
 #include "base/error.h"
@@ -59,8 +63,32 @@ class MigrationReceiverService final : public v1::MigrationReceiver::Service {
       grpc::ServerContext*,
       grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream) override;
 
+  // The chunks of a parallel migration, put back in order on their way to the VM process.
+  class Reassembly {
+   public:
+    explicit Reassembly(int fd) : fd_(fd) {}
+    // Takes chunk `sequence` and writes it, and every chunk after it that is already here, to
+    // the VM process in order. False once the stream is closed or the VM process is gone.
+    bool push(uint64_t sequence, std::string bytes);
+    void close();
+
+   private:
+    std::mutex mu_;
+    int fd_;
+    uint64_t next_ = 0;
+    std::map<uint64_t, std::string> pending_;
+    bool closed_ = false;
+  };
+
  private:
+  grpc::Status receive_secondary(
+      const v1::MigrationOffer& offer,
+      grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream);
+
   VmManager& manager_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::shared_ptr<Reassembly>> parallel_;  // by migration id
 };
 
 }  // namespace vmctl::daemon

@@ -20,8 +20,9 @@ Result<std::string> read_text_file(const std::string& path, const char* what) {
 }
 
 Result<std::shared_ptr<grpc::Channel>> make_channel(const std::string& address,
-                                                    const TlsConfig& tls) {
+                                                    const TlsConfig& tls, int lane) {
   grpc::ChannelArguments args;
+  if (lane > 0) args.SetInt("vmctl.lane", lane);
   // Migration chunks and console lines are small, but a VmInfo with stats can exceed defaults
   // on big guests; records are sent in 1 MiB chunks.
   args.SetMaxReceiveMessageSize(64 << 20);

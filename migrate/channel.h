@@ -19,8 +19,10 @@ struct TlsConfig {
 };
 
 // `address` is unix:/path (or a path starting with /) or host:port. TCP needs `tls` complete.
+// `lane` > 0 makes a channel that does not share its connection with others to the same address
+// (parallel migration streams).
 Result<std::shared_ptr<grpc::Channel>> make_channel(const std::string& address,
-                                                    const TlsConfig& tls);
+                                                    const TlsConfig& tls, int lane = 0);
 
 // Reads a whole (small) file, for PEM material.
 Result<std::string> read_text_file(const std::string& path, const char* what);

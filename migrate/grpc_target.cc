@@ -38,7 +38,8 @@ Result<std::string> GrpcMigrationTarget::destination_report() {
 }
 
 Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
-    const std::string& destination, const TlsConfig& tls, const std::string& vm_name) {
+    const std::string& destination, const TlsConfig& tls, const std::string& vm_name,
+    unsigned streams) {
   std::unique_ptr<GrpcMigrationTarget> t(new GrpcMigrationTarget());
   t->destination_ = destination;
   t->channel_ = TRY(make_channel(destination, tls));
@@ -54,6 +55,12 @@ Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
   offer.mutable_offer()->set_format_major(fake_major >= 0 ? static_cast<uint32_t>(fake_major)
                                                           : state::format_major());
   offer.mutable_offer()->set_format_minor(state::format_minor());
+  if (streams > 1) {
+    offer.mutable_offer()->set_migration_id(fmt::format(
+        "{}-{}-{}", host, getpid(), std::chrono::steady_clock::now().time_since_epoch().count()));
+    offer.mutable_offer()->set_stream_index(0);
+    offer.mutable_offer()->set_stream_count(streams);
+  }
   v1::MigrationEvent answer;
   if (!t->stream_->Write(offer) || !t->stream_->Read(&answer)) {
     grpc::Status status = t->stream_->Finish();
@@ -68,11 +75,86 @@ Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
   }
   t->corrupt_at_ = fault("VMCTL_FAULT_CORRUPT_STREAM_AT");
   t->reader_ = std::thread([p = t.get()] { p->read_events(); });
+  if (streams > 1) TRY(t->open_lanes(streams, tls, offer.offer()));
   return t;
 }
 
+Status GrpcMigrationTarget::open_lanes(unsigned streams, const TlsConfig& tls,
+                                       const v1_offer_t& primary_offer) {
+  for (unsigned i = 0; i < streams; ++i) {
+    auto lane = std::make_unique<Lane>();
+    if (i > 0) {
+      // A channel argument of its own gives each lane its own connection (gRPC would otherwise
+      // share one subchannel, and with it one TLS session and one thread).
+      lane->channel = TRY(make_channel(destination_, tls, static_cast<int>(i)));
+      lane->stub = v1::MigrationReceiver::NewStub(lane->channel);
+      lane->stream = lane->stub->Receive(&lane->context);
+      v1::MigrationChunk offer;
+      *offer.mutable_offer() = primary_offer;
+      offer.mutable_offer()->set_stream_index(i);
+      v1::MigrationEvent answer;
+      if (!lane->stream->Write(offer) || !lane->stream->Read(&answer) ||
+          answer.kind() != v1::MigrationEvent::ACCEPTED) {
+        return Error::failure(fmt::format("opening parallel stream {} of {} to {}: {}", i + 1,
+                                          streams, destination_,
+                                          answer.error().empty() ? "refused" : answer.error()));
+      }
+    }
+    lanes_.push_back(std::move(lane));
+  }
+  for (size_t i = 0; i < lanes_.size(); ++i) {
+    lanes_[i]->sender = std::thread([this, i] { send_lane(i); });
+  }
+  return ok_status();
+}
+
+void GrpcMigrationTarget::send_lane(size_t index) {
+  Lane& lane = *lanes_[index];
+  auto& stream = index == 0 ? stream_ : lane.stream;
+  while (true) {
+    v1::MigrationChunk chunk;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return lanes_stop_ || !lane.queue.empty(); });
+      if (lane.queue.empty()) return;
+      chunk = std::move(lane.queue.front());
+      lane.queue.pop_front();
+    }
+    bool ok = stream->Write(chunk);
+    std::lock_guard lock(mu_);
+    --in_flight_;
+    if (!ok && lane_error_.empty()) {
+      lane_error_ = fmt::format("parallel stream {} broke", index + 1);
+    }
+    cv_.notify_all();
+  }
+}
+
+Status GrpcMigrationTarget::drain() {
+  std::unique_lock lock(mu_);
+  cv_.wait(lock, [&] { return in_flight_ == 0 || !lane_error_.empty() || failed_ || ended_; });
+  if (in_flight_ != 0 || !lane_error_.empty()) {
+    lock.unlock();
+    return failure(lane_error_.empty() ? "the destination ended the stream" : lane_error_);
+  }
+  return ok_status();
+}
+
 GrpcMigrationTarget::~GrpcMigrationTarget() {
-  if (!committed_) context_.TryCancel();
+  if (!committed_) {
+    context_.TryCancel();
+    for (auto& lane : lanes_) {
+      if (lane->stream) lane->context.TryCancel();
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    lanes_stop_ = true;
+    cv_.notify_all();
+  }
+  for (auto& lane : lanes_) {
+    if (lane->sender.joinable()) lane->sender.join();
+  }
   if (reader_.joinable()) reader_.join();
 }
 
@@ -125,13 +207,31 @@ Status GrpcMigrationTarget::send_chunk() {
   v1::MigrationChunk chunk;
   chunk.set_records(std::move(buffer_));
   buffer_.clear();
-  if (!stream_->Write(chunk)) return failure("the migration stream broke");
+  if (lanes_.empty()) {
+    if (!stream_->Write(chunk)) return failure("the migration stream broke");
+    return ok_status();
+  }
+  chunk.set_sequence(sequence_);
+  Lane& lane = *lanes_[sequence_ % lanes_.size()];
+  ++sequence_;
+  std::unique_lock lock(mu_);
+  // A few chunks queued per lane keep every connection busy without buffering a round in memory.
+  cv_.wait(lock,
+           [&] { return lane.queue.size() < 4 || !lane_error_.empty() || failed_ || ended_; });
+  if (!lane_error_.empty() || failed_ || ended_) {
+    std::string why = lane_error_;
+    lock.unlock();
+    return failure(why.empty() ? "the destination ended the stream" : why);
+  }
+  lane.queue.push_back(std::move(chunk));
+  ++in_flight_;
+  cv_.notify_all();
   return ok_status();
 }
 
 Status GrpcMigrationTarget::flush() {
-  if (buffer_.empty()) return ok_status();
-  return send_chunk();
+  if (!buffer_.empty()) TRY(send_chunk());
+  return lanes_.empty() ? ok_status() : drain();
 }
 
 Result<double> GrpcMigrationTarget::restored(double timeout_seconds) {
@@ -152,6 +252,18 @@ Result<double> GrpcMigrationTarget::restored(double timeout_seconds) {
 
 void GrpcMigrationTarget::commit() {
   committed_ = true;
+  {
+    std::lock_guard lock(mu_);
+    lanes_stop_ = true;
+    cv_.notify_all();
+  }
+  for (auto& lane : lanes_) {
+    if (lane->sender.joinable()) lane->sender.join();
+    if (lane->stream) {
+      lane->stream->WritesDone();
+      (void)lane->stream->Finish();
+    }
+  }
   v1::MigrationChunk chunk;
   chunk.set_commit(true);
   stream_->Write(chunk);
