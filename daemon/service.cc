@@ -267,6 +267,15 @@ grpc::Status VmctlService::GetHostInfo(grpc::ServerContext*, const v1::HostInfoR
 bool MigrationReceiverService::Reassembly::push(uint64_t sequence, std::string bytes) {
   std::lock_guard lock(mu_);
   if (closed_) return false;
+  // A chunk seen before, or one so far ahead that the chunks in between would pile up here, is
+  // not something a source sends: stop rather than buffer without bound.
+  if (sequence < next_ || pending_.count(sequence) || pending_.size() >= kMaxPendingChunks) {
+    spdlog::warn("parallel migration stream: chunk {} out of bounds (next {}, {} pending)",
+                 sequence, next_, pending_.size());
+    closed_ = true;
+    pending_.clear();
+    return false;
+  }
   pending_.emplace(sequence, std::move(bytes));
   for (auto it = pending_.find(next_); it != pending_.end(); it = pending_.find(next_)) {
     const std::string& chunk = it->second;

@@ -73,6 +73,8 @@ class MigrationReceiverService final : public v1::MigrationReceiver::Service {
     void close();
 
    private:
+    // 1 MiB chunks: the source queues at most 4 per stream, so this is far beyond any honest lag.
+    static constexpr size_t kMaxPendingChunks = 256;
     std::mutex mu_;
     int fd_;
     uint64_t next_ = 0;

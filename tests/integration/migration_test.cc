@@ -307,8 +307,9 @@ TEST_F(CrossHost, TwentyRoundTripsKeepTheGuestRunningWithEveryPageIntact) {
                                     std::to_string(median));
     return median;
   };
-  std::printf("\ndowntime over 40 migrations (20 round trips, half of them over 3 parallel "
-              "streams), 128 MiB dirtier at 16 MiB/s:\n");
+  std::printf(
+      "\ndowntime over 40 migrations (20 round trips, half of them over 3 parallel "
+      "streams), 128 MiB dirtier at 16 MiB/s:\n");
   report("daemon breakdown (pause to resumed)", daemon_ms);
   report("guest heartbeat gap (last beat to next beat)", gap_ms);
   stop_vm(*src, name);
@@ -566,6 +567,61 @@ TEST_F(CraftedStream, MissingCpuFeatureIsRefused) {
   EXPECT_NE(error.find("lacks features"), std::string::npos) << error;
   EXPECT_NE(error.find(absent->cpuinfo), std::string::npos) << error;
   expect_no_copy(B(), "crafted-cpu");
+}
+
+}  // namespace
+}  // namespace vmctl::testing
+
+namespace vmctl::testing {
+namespace {
+
+// A parallel stream that keeps sending chunks from far ahead is cut off rather than buffered
+// without bound, and the half-received VM is cleaned up.
+TEST_F(CraftedStream, ParallelChunkFarAheadEndsTheMigration) {
+  auto stub = v1::MigrationReceiver::NewStub(B().channel());
+  auto offer = [](unsigned index) {
+    v1::MigrationChunk c;
+    c.mutable_offer()->set_vm_name("crafted-par");
+    c.mutable_offer()->set_source("test");
+    c.mutable_offer()->set_format_major(state::format_major());
+    c.mutable_offer()->set_migration_id("crafted-par-1");
+    c.mutable_offer()->set_stream_index(index);
+    c.mutable_offer()->set_stream_count(2);
+    return c;
+  };
+  grpc::ClientContext primary_context, secondary_context;
+  auto primary = stub->Receive(&primary_context);
+  v1::MigrationEvent event;
+  ASSERT_TRUE(primary->Write(offer(0)));
+  ASSERT_TRUE(primary->Read(&event));
+  ASSERT_EQ(event.kind(), v1::MigrationEvent::ACCEPTED) << event.error();
+  auto secondary = stub->Receive(&secondary_context);
+  ASSERT_TRUE(secondary->Write(offer(1)));
+  ASSERT_TRUE(secondary->Read(&event));
+  ASSERT_EQ(event.kind(), v1::MigrationEvent::ACCEPTED) << event.error();
+  // More chunks from the future than the destination holds back for stragglers.
+  for (uint64_t i = 0; i < 300; ++i) {
+    v1::MigrationChunk far;
+    far.set_sequence(1000000 + i);
+    far.set_records(std::string(4096, 'x'));
+    if (!secondary->Write(far)) break;
+  }
+  secondary->WritesDone();
+  secondary->Finish();
+  std::string bytes = stream(copy);
+  v1::MigrationChunk first;
+  first.set_sequence(0);
+  first.set_records(bytes);
+  primary->Write(first);
+  primary->WritesDone();
+  std::string error;
+  while (primary->Read(&event)) {
+    if (event.kind() == v1::MigrationEvent::FAILED) error = event.error();
+    EXPECT_NE(event.kind(), v1::MigrationEvent::RESTORED);
+  }
+  primary->Finish();
+  EXPECT_FALSE(error.empty());
+  expect_no_copy(B(), "crafted-par");
 }
 
 }  // namespace
