@@ -3,12 +3,17 @@
 #include <functional>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "cli/daemon_commands.h"
 #include "cli/run_command.h"
 #include "cli/state_commands.h"
 
 int main(int argc, char** argv) {
+  // Logs go to stderr: stdout is the guest's console and must carry nothing else.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("vmctl"));
+  spdlog::set_pattern("vmctl: %l: %v");
   CLI::App app{
       "vmctl - a KVM virtual machine monitor built for snapshot, restore and live migration"};
   app.require_subcommand(1);

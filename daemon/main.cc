@@ -11,6 +11,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
@@ -69,6 +70,7 @@ int main(int argc, char** argv) {
       "  vmctld --socket /run/vmctld.sock --state-dir /var/lib/vmctld &\n"
       "  vmctl --host unix:/run/vmctld.sock create vm1 --memory 512M --start");
   CLI11_PARSE(app, argc, argv);
+  spdlog::set_default_logger(spdlog::stderr_color_mt("vmctld"));
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
