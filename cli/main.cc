@@ -2,9 +2,9 @@
 #include <cstdio>
 #include <functional>
 
-#include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
 #include "cli/daemon_commands.h"
 #include "cli/run_command.h"
