@@ -19,6 +19,7 @@
 
 #include "base/size.h"
 #include "bench/bench_report.h"
+#include "bench/guest_console.h"
 #include "state/vm_state.h"
 #include "vmm/vm.h"
 
@@ -30,43 +31,6 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
-
-// Collects the guest's console so the benchmark can wait for "the workload is running".
-class Console {
- public:
-  void append(const uint8_t* data, size_t len) {
-    std::lock_guard lock(mu_);
-    text_.append(reinterpret_cast<const char*>(data), len);
-    cv_.notify_all();
-  }
-  bool wait_for(const std::string& pattern, std::chrono::seconds timeout) {
-    std::regex re(pattern);
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] { return std::regex_search(text_, re); });
-  }
-  // Waits until the dirtier reports having written at least `mib` MiB in total (one full pass).
-  bool wait_for_total(uint64_t mib, std::chrono::seconds timeout) {
-    std::regex re("total=([0-9]+)MiB");
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] {
-      uint64_t best = 0;
-      for (auto it = std::sregex_iterator(text_.begin(), text_.end(), re);
-           it != std::sregex_iterator(); ++it) {
-        best = std::max<uint64_t>(best, std::stoull((*it)[1].str()));
-      }
-      return best >= mib;
-    });
-  }
-  std::string text() {
-    std::lock_guard lock(mu_);
-    return text_;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::string text_;
-};
 
 struct Case {
   uint64_t memory;
@@ -82,7 +46,7 @@ off_t allocated_bytes(const std::string& path) {
 }
 
 Status run_case(const Case& c, const std::string& dir, int level, Report& report) {
-  Console console;
+  GuestConsole console;
   vmm::VmConfig config;
   config.memory_size = c.memory;
   config.console_output = [&](const uint8_t* d, size_t n) { console.append(d, n); };
@@ -94,7 +58,17 @@ Status run_case(const Case& c, const std::string& dir, int level, Report& report
   config.boot.cmdline = c.dirtied ? fmt::format("mib={} rate=0 hb_ms=100", dirty_mib) : "hb_ms=100";
   std::unique_ptr<vmm::Vm> vm = TRY(vmm::Vm::create(config));
   vm->start();
-  bool going = c.dirtied ? console.wait_for_total(dirty_mib, std::chrono::seconds(300))
+  // The dirtier is going once it has written all of its region (one full pass).
+  auto dirtied_all = [&](const std::string& text) {
+    static const std::regex total("total=([0-9]+)MiB");
+    uint64_t best = 0;
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), total);
+         it != std::sregex_iterator(); ++it) {
+      best = std::max<uint64_t>(best, std::stoull((*it)[1].str()));
+    }
+    return best >= dirty_mib;
+  };
+  bool going = c.dirtied ? console.wait_until(dirtied_all, std::chrono::seconds(300))
                          : console.wait_for("HB 2\\b", std::chrono::seconds(60));
   if (!going) {
     return Error::failure(

@@ -13,39 +13,11 @@
 #include <CLI/CLI.hpp>
 
 #include "bench/bench_report.h"
+#include "bench/guest_console.h"
 #include "vmm/vm.h"
 
 namespace vmctl::bench {
 namespace {
-
-class Console {
- public:
-  void append(const uint8_t* data, size_t len) {
-    std::lock_guard lock(mu_);
-    text_.append(reinterpret_cast<const char*>(data), len);
-    cv_.notify_all();
-  }
-  // Waits for a line matching `pattern` after position `from`; returns the match and moves `from`.
-  std::optional<std::smatch> wait(const std::regex& re, size_t& from, std::chrono::seconds timeout,
-                                  std::string& storage) {
-    std::unique_lock lock(mu_);
-    std::optional<std::smatch> found;
-    cv_.wait_for(lock, timeout, [&] {
-      storage = text_.substr(from);
-      std::smatch m;
-      if (!std::regex_search(storage, m, re)) return false;
-      from += static_cast<size_t>(m.position(0) + m.length(0));
-      found = m;
-      return true;
-    });
-    return found;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::string text_;
-};
 
 std::map<std::string, uint64_t> vcpu_stats(const vmm::Vm& vm) {
   std::map<std::string, uint64_t> out;
@@ -72,7 +44,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", json, "Also write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
 
-  bench::Console console;
+  bench::GuestConsole console;
   vmm::VmConfig config;
   config.memory_size = 64 << 20;
   config.boot.kernel_path = VMCTL_GUEST_DIR "/tprstorm.elf";
@@ -94,15 +66,16 @@ int main(int argc, char** argv) {
   size_t from = 0;
   std::string storage;
   for (unsigned k = 1; k <= runs; ++k) {
-    auto begin = console.wait(std::regex(fmt::format("TPR begin {}\\b", k)), from,
-                              std::chrono::seconds(600), storage);
+    auto begin = console.next_match(std::regex(fmt::format("TPR begin {}\\b", k)), from,
+                                    std::chrono::seconds(600), storage);
     if (!begin) {
       std::fprintf(stderr, "tpr_bench: the guest did not start run %u\n", k);
       return 1;
     }
     auto before = bench::vcpu_stats(**vm);
-    auto end = console.wait(std::regex(fmt::format("TPR end {} writes=([0-9]+) tsc=([0-9]+)", k)),
-                            from, std::chrono::seconds(600), storage);
+    auto end =
+        console.next_match(std::regex(fmt::format("TPR end {} writes=([0-9]+) tsc=([0-9]+)", k)),
+                           from, std::chrono::seconds(600), storage);
     if (!end) {
       std::fprintf(stderr, "tpr_bench: run %u did not finish\n", k);
       return 1;

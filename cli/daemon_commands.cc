@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 #include <google/protobuf/util/json_util.h>
 
+#include "base/path.h"
 #include "base/size.h"
 #include "proto/vmctl.grpc.pb.h"
 #include "state/host_report.h"
@@ -133,13 +134,6 @@ int simple_call(const DaemonOptions& o,
   if (!status.ok()) return client->fail(status);
   print_info(info, o.json);
   return 0;
-}
-
-std::string absolute(const std::string& path) {
-  if (path.empty() || path[0] == '/') return path;
-  char cwd[4096];
-  if (!getcwd(cwd, sizeof cwd)) return path;
-  return std::string(cwd) + "/" + path;
 }
 
 // A one-line progress bar that redraws itself on a terminal.
@@ -410,8 +404,8 @@ int run_daemon_command(const DaemonCommands& c, DaemonOptions& o) {
     request.set_name(o.name);
     request.set_start(o.start);
     v1::VmConfig* config = request.mutable_config();
-    config->set_kernel(absolute(o.kernel));
-    config->set_initrd(absolute(o.initrd));
+    config->set_kernel(absolute_path(o.kernel));
+    config->set_initrd(absolute_path(o.initrd));
     config->set_cmdline(o.cmdline);
     config->set_memory_bytes(*memory);
     config->set_cpus(o.cpus);
@@ -458,11 +452,11 @@ int daemon_snapshot(DaemonOptions& o) {
   grpc::ClientContext context;
   v1::SnapshotRequest request;
   request.set_name(o.name);
-  request.set_path(absolute(o.file));
+  request.set_path(absolute_path(o.file));
   request.set_stop(o.stop);
   request.set_diff(o.diff);
   request.set_compression(o.compression);
-  request.set_memory_file(absolute(o.memory_file));
+  request.set_memory_file(absolute_path(o.memory_file));
   v1::SnapshotResponse response;
   grpc::Status status = client->stub().Snapshot(&context, request, &response);
   if (!status.ok()) return client->fail(status);
@@ -483,7 +477,7 @@ int daemon_restore(DaemonOptions& o) {
   grpc::ClientContext context;
   v1::RestoreRequest request;
   request.set_name(o.name);
-  for (const std::string& f : o.files) request.add_files(absolute(f));
+  for (const std::string& f : o.files) request.add_files(absolute_path(f));
   request.set_paused(o.paused);
   request.set_lazy(o.lazy);
   v1::VmInfo info;

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "base/path.h"
 #include "base/size.h"
 #include "cli/console.h"
 #include "cli/control.h"
@@ -165,13 +166,8 @@ int snapshot_command(StateOptions& o) {
                             {"diff", o.diff},
                             {"compression", o.compression}};
   // The VM process writes the files: give it absolute paths.
-  auto absolute = [](const std::string& path) {
-    char cwd[4096];
-    if (path.empty() || path[0] == '/' || !getcwd(cwd, sizeof(cwd))) return path;
-    return std::string(cwd) + "/" + path;
-  };
-  request["path"] = absolute(o.file);
-  if (!o.memory_file.empty()) request["memory_file"] = absolute(o.memory_file);
+  request["path"] = absolute_path(o.file);
+  if (!o.memory_file.empty()) request["memory_file"] = absolute_path(o.memory_file);
   Result<nlohmann::json> answer = control_request(o.control, request);
   if (!answer.ok()) return fail(answer.error());
   const nlohmann::json& a = *answer;

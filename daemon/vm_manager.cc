@@ -463,28 +463,18 @@ Result<v1::VmInfo> VmManager::start_new(const std::string& name, const Launch& h
   return launch(entry, how, lock, inherit_fds);
 }
 
-Result<v1::VmInfo> VmManager::pause(const std::string& name) {
+Result<v1::VmInfo> VmManager::set_paused(const std::string& name, bool pause) {
+  const v1::VmState from = pause ? v1::VM_STATE_RUNNING : v1::VM_STATE_PAUSED;
+  const v1::VmState to = pause ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
   std::lock_guard lock(mu_);
   Entry* e = TRY(find_or_error(name));
-  if (e->state == v1::VM_STATE_PAUSED) return info(*e);
-  if (e->state != v1::VM_STATE_RUNNING) {
-    return Error::conflict(fmt::format("VM {} is {}, not running", name, vm_state_name(e->state)));
+  if (e->state == to) return info(*e);
+  if (e->state != from) {
+    return Error::conflict(
+        fmt::format("VM {} is {}, not {}", name, vm_state_name(e->state), vm_state_name(from)));
   }
-  TRY(control(name, {{"op", "pause"}}));
-  e->state = v1::VM_STATE_PAUSED;
-  changed(*e);
-  return info(*e);
-}
-
-Result<v1::VmInfo> VmManager::resume(const std::string& name) {
-  std::lock_guard lock(mu_);
-  Entry* e = TRY(find_or_error(name));
-  if (e->state == v1::VM_STATE_RUNNING) return info(*e);
-  if (e->state != v1::VM_STATE_PAUSED) {
-    return Error::conflict(fmt::format("VM {} is {}, not paused", name, vm_state_name(e->state)));
-  }
-  TRY(control(name, {{"op", "resume"}}));
-  e->state = v1::VM_STATE_RUNNING;
+  TRY(control(name, {{"op", pause ? "pause" : "resume"}}));
+  e->state = to;
   changed(*e);
   return info(*e);
 }

@@ -50,8 +50,8 @@ class VmManager {
 
   Result<v1::VmInfo> create(const std::string& name, const v1::VmConfig& config);
   Result<v1::VmInfo> start(const std::string& name);
-  Result<v1::VmInfo> pause(const std::string& name);
-  Result<v1::VmInfo> resume(const std::string& name);
+  Result<v1::VmInfo> pause(const std::string& name) { return set_paused(name, true); }
+  Result<v1::VmInfo> resume(const std::string& name) { return set_paused(name, false); }
   Result<v1::VmInfo> stop(const std::string& name);
   Result<v1::VmInfo> remove(const std::string& name);
   std::vector<v1::VmInfo> list();
@@ -110,6 +110,7 @@ class VmManager {
   void watch_adopted(std::string name, pid_t pid);
   Result<nlohmann::json> control(const std::string& name, const nlohmann::json& request);
   std::string last_log_line(const std::string& name) const;
+  Result<v1::VmInfo> set_paused(const std::string& name, bool pause);
   Result<v1::VmInfo> launch(Entry& e, const Launch& launch, std::unique_lock<std::mutex>& lock,
                             const std::vector<int>& inherit_fds);
 

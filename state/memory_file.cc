@@ -24,11 +24,6 @@ struct MemoryFileHeader {
 };
 static_assert(sizeof(MemoryFileHeader) == 56, "the on-disk layout has no padding");
 
-bool page_is_zero(const uint8_t* page) {
-  static const uint8_t zeros[vmm::kPageSize] = {};
-  return std::memcmp(page, zeros, vmm::kPageSize) == 0;
-}
-
 }  // namespace
 
 Result<MemoryFileStats> write_memory_file(const vmm::GuestMemory& memory, FileSink& sink,
@@ -47,12 +42,15 @@ Result<MemoryFileStats> write_memory_file(const vmm::GuestMemory& memory, FileSi
   for (const vmm::MemoryRegion& region : memory.regions()) {
     const uint8_t* base = region.host.data();
     uint64_t off = 0;
+    bool zero = region.size > 0 && vmm::page_is_zero(base);
     while (off < region.size) {
       // One run of zero or non-zero pages at a time: holes for the former, one write for the
-      // latter.
-      bool zero = page_is_zero(base + off);
+      // latter. The page that ends a run starts the next, so each page is looked at once.
       uint64_t end = off + vmm::kPageSize;
-      while (end < region.size && page_is_zero(base + end) == zero) end += vmm::kPageSize;
+      bool next_zero = zero;
+      while (end < region.size && (next_zero = vmm::page_is_zero(base + end)) == zero) {
+        end += vmm::kPageSize;
+      }
       uint64_t pages = (end - off) / vmm::kPageSize;
       if (zero) {
         TRY(sink.skip(end - off));
@@ -62,6 +60,7 @@ Result<MemoryFileStats> write_memory_file(const vmm::GuestMemory& memory, FileSi
         stats.pages += pages;
       }
       off = end;
+      zero = next_zero;
     }
   }
   stats.file_size = kMemoryFileHeaderSize + memory.ram_size();

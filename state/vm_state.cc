@@ -13,6 +13,7 @@
 #include <kj/exception.h>
 #include <spdlog/spdlog.h>
 
+#include "base/path.h"
 #include "state/cpu_features.h"
 #include "state/lapic.h"
 #include "state/memory_file.h"
@@ -40,17 +41,6 @@ std::string new_snapshot_id() {
   std::mt19937_64 rng((static_cast<uint64_t>(rd()) << 32) ^ rd() ^
                       static_cast<uint64_t>(Clock::now().time_since_epoch().count()));
   return fmt::format("{:016x}{:016x}", rng(), rng());
-}
-
-bool page_is_zero(const uint8_t* page) {
-  const auto* words = reinterpret_cast<const uint64_t*>(page);
-  uint64_t acc = 0;
-  for (size_t i = 0; i < kPageSize / 8; i += 8) {
-    acc |= words[i] | words[i + 1] | words[i + 2] | words[i + 3] | words[i + 4] | words[i + 5] |
-           words[i + 6] | words[i + 7];
-    if (acc) return false;
-  }
-  return true;
 }
 
 // ------------------------------------------------------------------ header
@@ -211,7 +201,7 @@ Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer, const DirtyB
     const uint8_t* base = region.host.data();
     for (uint64_t off = 0, page = 0; off < region.size; off += kPageSize, ++page) {
       if (dirty && !test_bit((*dirty)[r], page)) continue;
-      if (page_is_zero(base + off)) {
+      if (vmm::page_is_zero(base + off)) {
         ++stats.zero_pages;
         continue;
       }
@@ -594,18 +584,11 @@ std::string directory_part(const std::string& path) {
   return slash == std::string::npos ? "." : path.substr(0, slash == 0 ? 1 : slash);
 }
 
-std::string absolute(const std::string& path) {
-  if (!path.empty() && path[0] == '/') return path;
-  char cwd[4096];
-  if (::getcwd(cwd, sizeof cwd) == nullptr) return path;
-  return std::string(cwd) + "/" + path;
-}
-
 // How the snapshot names its memory file: by file name when both sit in one directory (so the
 // pair can be moved together), else by absolute path.
 std::string memory_file_reference(const std::string& snapshot, const std::string& memory_file) {
-  std::string snap_dir = directory_part(absolute(snapshot));
-  std::string mem_abs = absolute(memory_file);
+  std::string snap_dir = directory_part(absolute_path(snapshot));
+  std::string mem_abs = absolute_path(memory_file);
   if (directory_part(mem_abs) == snap_dir) return mem_abs.substr(mem_abs.rfind('/') + 1);
   return mem_abs;
 }

@@ -22,6 +22,18 @@ inline constexpr uint64_t kMmioHoleStart = 3ull << 30;    // 3 GiB
 inline constexpr uint64_t kHighMemoryStart = 4ull << 30;  // 4 GiB
 inline constexpr uint64_t kMinimumMemory = 16ull << 20;   // a guest below this cannot boot usefully
 
+// Whether a guest page holds only zeros (snapshots and migration leave those out). Called once
+// per page of guest RAM: eight words at a time, stopping at the first non-zero block.
+inline bool page_is_zero(const uint8_t* page) {
+  const auto* words = reinterpret_cast<const uint64_t*>(page);
+  for (uint64_t i = 0; i < kPageSize / 8; i += 8) {
+    uint64_t acc = words[i] | words[i + 1] | words[i + 2] | words[i + 3] | words[i + 4] |
+                   words[i + 5] | words[i + 6] | words[i + 7];
+    if (acc) return false;
+  }
+  return true;
+}
+
 struct MemoryRegion {
   uint64_t guest_phys = 0;
   uint64_t size = 0;

@@ -31,3 +31,19 @@ TEST(FormatSize, PicksTheLargestWholeUnit) {
 
 }  // namespace
 }  // namespace vmctl
+
+#include "base/path.h"
+
+namespace vmctl {
+namespace {
+
+TEST(AbsolutePath, PrefixesTheWorkingDirectoryOnlyWhenRelative) {
+  EXPECT_EQ(absolute_path("/srv/a.snap"), "/srv/a.snap");
+  EXPECT_EQ(absolute_path(""), "");
+  std::string made = absolute_path("a.snap");
+  ASSERT_EQ(made.front(), '/');
+  EXPECT_EQ(made.substr(made.size() - 7), "/a.snap");
+}
+
+}  // namespace
+}  // namespace vmctl
