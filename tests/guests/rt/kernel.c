@@ -3,14 +3,17 @@
 #include "rt.h"
 
 #define LAPIC_BASE 0xfee00000ul
-#define LAPIC_ID 0x020
-#define LAPIC_EOI 0x0b0
-#define LAPIC_SVR 0x0f0
+#define LAPIC_ID RT_LAPIC_ID
+#define LAPIC_EOI RT_LAPIC_EOI
+#define LAPIC_SVR RT_LAPIC_SVR
 #define LAPIC_ICR_LOW 0x300
 #define LAPIC_ICR_HIGH 0x310
-#define LAPIC_LVT_TIMER 0x320
-#define LAPIC_TIMER_INITIAL 0x380
-#define LAPIC_TIMER_DIVIDE 0x3e0
+#define LAPIC_LVT_TIMER RT_LAPIC_LVT_TIMER
+#define LAPIC_TIMER_INITIAL RT_LAPIC_TIMER_INITIAL
+#define LAPIC_TIMER_DIVIDE RT_LAPIC_TIMER_DIVIDE
+#define MSR_X2APIC_FIRST 0x800
+#define MSR_X2APIC_ICR 0x830
+#define APIC_BASE_EXTD (1u << 10)
 #define LAPIC_TIMER_PERIODIC (1u << 17)
 /* KVM's in-kernel local APIC (and QEMU's on KVM) counts its timer at 1 GHz. */
 #define LAPIC_TIMER_HZ 1000000000ull
@@ -51,6 +54,8 @@ uint8_t rt_apic_ids[RT_MAX_CPUS];
 const char* rt_boot_protocol = "pvh";
 volatile uint64_t rt_ticks;
 volatile unsigned rt_cpus_online = 1;
+volatile int rt_x2apic;
+rt_vector_handler rt_vector_handlers[256];
 
 extern uint64_t rt_gdt_tss[];
 extern char rt_isr_stubs[];
@@ -60,14 +65,40 @@ void rt_enter_user(void (*entry)(void), void* stack_top) __attribute__((noreturn
 
 static struct idt_entry idt[256] __attribute__((aligned(16)));
 static struct tss tss[RT_MAX_CPUS];
-static char kernel_stacks[RT_MAX_CPUS][8192] __attribute__((aligned(16)));
+/* Deep enough for interrupts nested four levels with formatted output in the innermost. */
+static char kernel_stacks[RT_MAX_CPUS][16384] __attribute__((aligned(16)));
 static char user_stack[65536] __attribute__((aligned(16)));
 
-static inline uint32_t lapic_read(uint32_t reg) {
+uint32_t rt_lapic_read(uint32_t reg) {
+  if (rt_x2apic) return (uint32_t)rt_rdmsr(MSR_X2APIC_FIRST + reg / 16);
   return *(volatile uint32_t*)(LAPIC_BASE + reg);
 }
-static inline void lapic_write(uint32_t reg, uint32_t v) {
+void rt_lapic_write(uint32_t reg, uint32_t v) {
+  if (rt_x2apic) {
+    rt_wrmsr(MSR_X2APIC_FIRST + reg / 16, v);
+    return;
+  }
   *(volatile uint32_t*)(LAPIC_BASE + reg) = v;
+}
+#define lapic_read rt_lapic_read
+#define lapic_write rt_lapic_write
+
+void rt_lapic_self_ipi(uint8_t vector) {
+  /* Destination shorthand "self" (bits 19:18 = 01), fixed delivery, edge. */
+  uint32_t low = 0x40000u | vector;
+  if (rt_x2apic)
+    rt_wrmsr(MSR_X2APIC_ICR, low);
+  else
+    lapic_write(LAPIC_ICR_LOW, low);
+}
+
+int rt_x2apic_enable(void) {
+  uint32_t r[4];
+  rt_cpuid(1, 0, r);
+  if (!(r[2] & (1u << 21))) return 0;
+  rt_wrmsr(RT_MSR_APIC_BASE, rt_rdmsr(RT_MSR_APIC_BASE) | APIC_BASE_EXTD);
+  rt_x2apic = 1;
+  return 1;
 }
 
 static void load_idt(void) {
@@ -169,6 +200,7 @@ static void mp_scan(void) {
 }
 
 static void start_aps(void) {
+  if (rt_x2apic) return; /* the INIT/SIPI sequence below is the xAPIC one; no program needs both */
   memcpy((void*)AP_TRAMPOLINE, rt_trampoline_start,
          (size_t)(rt_trampoline_end - rt_trampoline_start));
   uint8_t self = (uint8_t)(lapic_read(LAPIC_ID) >> 24);
@@ -195,7 +227,9 @@ static const char* const exception_names[32] = {
 
 void rt_isr_dispatch(struct frame* f) {
   uint64_t vector = f->vector & 0xff;
-  if (vector == RT_VECTOR_TIMER) {
+  if (vector >= 32 && vector != RT_VECTOR_SPURIOUS && rt_vector_handlers[vector]) {
+    rt_vector_handlers[vector]((uint8_t)vector);
+  } else if (vector == RT_VECTOR_TIMER) {
     ++rt_ticks;
     lapic_write(LAPIC_EOI, 0);
   } else if (vector == 6 && (f->cs & 3) == 3 && *(const uint16_t*)f->rip == 0x0b0f) {
@@ -238,6 +272,9 @@ void rt_isr_dispatch(struct frame* f) {
         f->rax = (hi << 32 | lo) - start;
         break;
       }
+      case RT_SYS_RING0_CALL:
+        f->rax = ((uint64_t(*)(uint64_t))f->rdi)(f->rsi);
+        break;
       case RT_SYS_EXIT:
         rt_exit((uint32_t)f->rdi);
       default:

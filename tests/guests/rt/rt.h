@@ -34,6 +34,7 @@ enum rt_syscall {
   RT_SYS_READ = 4,      /* read up to rsi pending COM1 bytes into rdi; returns the count */
   RT_SYS_EXIT = 5,      /* end the VM with status rdi through the debug-exit port */
   RT_SYS_TPR_STORM = 6, /* write CR8 rdi times in ring 0 (alternating 0 and 1); returns TSC ticks */
+  RT_SYS_RING0_CALL = 7, /* call rdi(rsi) in ring 0 with interrupts off; returns its result */
 };
 
 /* Filled by the ring-0 boot path; read-only afterwards (ring 3 reads them directly). */
@@ -71,6 +72,57 @@ uint64_t rt_arg(const char* name, uint64_t fallback);
 int rt_poll_line(char* line, size_t size);
 void rt_exit(uint32_t status) __attribute__((noreturn));
 
+/* ---- local APIC (ring 0 only) ----
+ * Register offsets are the xAPIC MMIO ones; once rt_x2apic_enable() has switched the APIC to x2APIC
+ * mode the same calls go to MSR 0x800 + offset / 16. ICR is one 64-bit MSR in x2APIC mode, so use
+ * rt_lapic_send_ipi rather than writing ICR halves. */
+#define RT_LAPIC_ID 0x020
+#define RT_LAPIC_TPR 0x080
+#define RT_LAPIC_PPR 0x0a0
+#define RT_LAPIC_EOI 0x0b0
+#define RT_LAPIC_SVR 0x0f0
+#define RT_LAPIC_ISR 0x100 /* eight 32-bit registers, 0x10 apart */
+#define RT_LAPIC_TMR 0x180
+#define RT_LAPIC_IRR 0x200
+#define RT_LAPIC_LVT_TIMER 0x320
+#define RT_LAPIC_TIMER_INITIAL 0x380
+#define RT_LAPIC_TIMER_CURRENT 0x390
+#define RT_LAPIC_TIMER_DIVIDE 0x3e0
+#define RT_MSR_APIC_BASE 0x1b
+#define RT_MSR_TSC_DEADLINE 0x6e0
+extern volatile int rt_x2apic; /* 1 once the boot CPU's APIC is in x2APIC mode */
+uint32_t rt_lapic_read(uint32_t reg);
+void rt_lapic_write(uint32_t reg, uint32_t value);
+/* Fixed, edge-triggered IPI with the "self" destination shorthand. */
+void rt_lapic_self_ipi(uint8_t vector);
+/* Switches the boot CPU's APIC from xAPIC to x2APIC mode; returns 0 when CPUID does not offer it. */
+int rt_x2apic_enable(void);
+
+/* Ring-0 handlers for vectors the runtime does not use itself (32..254 except RT_VECTOR_TIMER).
+ * A handler runs with interrupts off and must send its own EOI: the tests built on this decide
+ * when (nested interrupts). Set entries from ring 3 or ring 0 (all memory is shared). */
+typedef void (*rt_vector_handler)(uint8_t vector);
+extern rt_vector_handler rt_vector_handlers[256];
+
+static inline uint64_t rt_rdtsc(void) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+  return (uint64_t)hi << 32 | lo;
+}
+static inline uint64_t rt_rdmsr(uint32_t msr) {
+  uint32_t lo, hi;
+  __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+  return (uint64_t)hi << 32 | lo;
+}
+static inline void rt_wrmsr(uint32_t msr, uint64_t v) {
+  __asm__ volatile("wrmsr" ::"c"(msr), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)) : "memory");
+}
+static inline void rt_cpuid(uint32_t leaf, uint32_t subleaf, uint32_t out[4]) {
+  __asm__ volatile("cpuid"
+                   : "=a"(out[0]), "=b"(out[1]), "=c"(out[2]), "=d"(out[3])
+                   : "a"(leaf), "c"(subleaf));
+}
+
 /* ---- port I/O (ring 0 only) ---- */
 static inline void rt_outb(uint16_t port, uint8_t v) {
   __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port));
@@ -106,4 +158,8 @@ static inline void rt_set_timer(uint64_t period_us) {
 }
 static inline void rt_start_aps(void) {
   rt_syscall(RT_SYS_START_APS, 0);
+}
+/* Runs fn(arg) in ring 0 with interrupts off (fn may enable them) and returns its result. */
+static inline uint64_t rt_ring0_call(uint64_t (*fn)(uint64_t), uint64_t arg) {
+  return rt_syscall2(RT_SYS_RING0_CALL, (uint64_t)fn, arg);
 }
