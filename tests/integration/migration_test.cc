@@ -315,6 +315,37 @@ TEST_F(CrossHost, TwentyRoundTripsKeepTheGuestRunningWithEveryPageIntact) {
   stop_vm(*src, name);
 }
 
+// The apictest guest parked inside three nested handlers with 0x91 pending behind TPR 0x90 and a
+// TSC-deadline timer ticking (x2APIC mode), migrated A to B: on B it finishes the nest (0x91
+// delivered once when the TPR drops, EOIs innermost first) and its timer neither lost nor doubled
+// ticks. tests/integration/apic_test.cc does the same through a snapshot file.
+TEST_F(CrossHost, ApicStateInsideNestedHandlersSurvivesMigration) {
+  const std::string name = "apic-hold";
+  v1::VmInfo info;
+  grpc::Status s = A().create(name, guest_path("apictest.elf"), "mode=x2apic hold=1 timer=deadline",
+                              64 * kMiB, 1, &info);
+  ASSERT_TRUE(s.ok()) << s.error_message() << A().log();
+  ASSERT_TRUE(A().wait_console(name, "^HOLD mode=x2apic .*irr=\\[91\\] tpr=0x90 ppr=0x90", 120s))
+      << A().console(name);
+  std::this_thread::sleep_for(300ms);
+  MigrationResult r = migrate(A(), request(name, hosts->addr_b));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(A().get(name).state(), v1::VM_STATE_MIGRATED);
+  ASSERT_TRUE(B().wait_state(name, v1::VM_STATE_RUNNING, 10s));
+  std::this_thread::sleep_for(300ms);
+  ASSERT_TRUE(B().send_console(name, "release\n").ok());
+  ASSERT_TRUE(B().wait_console(name, "^APICTEST done", 60s)) << B().console(name);
+  std::string console = B().console(name);
+  EXPECT_EQ(count(console, "^FAIL"), 0u) << console;
+  EXPECT_EQ(count(console, "^APICTEST done pass=[0-9]+ fail=0 "), 1u) << console;
+  EXPECT_EQ(count(console, "^TIMER x2apic timer deadline during hold:"), 1u) << console;
+  EXPECT_EQ(count(console, "raise=msr lower=cr8 order: \\+51 \\+61 \\+71 \\+91 -91 -71 -61 -51"),
+            1u)
+      << console;
+  stop_vm(B(), name);
+  stop_vm(A(), name);
+}
+
 TEST_F(CrossHost, DestinationKilledDuringTheFirstRound) {
   const std::string name = "kill-first";
   ASSERT_NO_FATAL_FAILURE(start_dirtier(A(), name, 512 * kMiB, "mib=448 rate=0 hb_ms=50"));
