@@ -973,9 +973,12 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
       LapicState restored = decode_lapic(after, in.lapic.apic_base, 0, false);
       uint8_t expected = derive_ppr(in.lapic.tpr, in.lapic.isr);
       if (restored.ppr != expected) {
-        return Error::failure(fmt::format(
+        // Seen on a paravirtual KVM that keeps no in-service vectors: a guest restored there
+        // would take interrupts its handlers still block. Refuse, as for a missing CPU feature.
+        return Error::user(fmt::format(
             "restoring vCPU {} local APIC: KVM reports PPR 0x{:02x} but TPR 0x{:02x} and ISR "
-            "give 0x{:02x}",
+            "give 0x{:02x}: this host's KVM does not honour the snapshot's in-service vectors; "
+            "restore it on a host whose KVM does, or snapshot again when no interrupt handler runs",
             index, restored.ppr, in.lapic.tpr, expected));
       }
       return ok_status();
