@@ -13,6 +13,7 @@
 #include <kj/exception.h>
 
 #include "state/cpu_features.h"
+#include "state/lapic.h"
 #include "state/stream.h"
 #include "vmm/kvm/kvm.h"
 
@@ -57,6 +58,22 @@ std::set<std::string> cpuinfo_flags() {
 }
 
 }  // namespace
+
+// A local APIC given vector 0x51 in service must report PPR 0x50. Some paravirtual KVMs keep no
+// in-service vectors at all (neither when they deliver an interrupt nor when given them), so a
+// snapshot taken inside a guest's interrupt handler cannot be restored there (restore refuses).
+int probe_in_service_vectors(vmm::kvm::VcpuFd& vcpu) {
+  constexpr uint64_t kApicBase = 0xfee00900;  // enabled, xAPIC, boot processor
+  Result<kvm_lapic_state> page = vcpu.get_lapic();
+  if (!page.ok()) return -1;
+  LapicState s = decode_lapic(*page, kApicBase, 0, false);
+  s.svr = 0x1ff;  // software-enabled
+  s.isr.set(0x51);
+  if (!vcpu.set_lapic(encode_lapic(s, false)).ok()) return -1;
+  Result<kvm_lapic_state> after = vcpu.get_lapic();
+  if (!after.ok()) return -1;
+  return decode_lapic(*after, kApicBase, 0, false).ppr == 0x50 ? 1 : 0;
+}
 
 Result<nlohmann::json> host_report() {
   vmm::kvm::KvmSystem kvm = TRY(vmm::kvm::KvmSystem::open());
@@ -123,8 +140,12 @@ Result<nlohmann::json> host_report() {
   char host[256] = {};
   gethostname(host, sizeof host - 1);
   int tsc_khz = -1;
+  // -1 unknown, else whether KVM derives PPR from in-service vectors given to it (KVM_SET_LAPIC).
+  int keeps_in_service = -1;
   if (vm.ok()) {
+    bool irqchip = vm->create_irqchip().ok();
     Result<vmm::kvm::VcpuFd> vcpu = vm->create_vcpu(0);
+    if (vcpu.ok() && irqchip) keeps_in_service = probe_in_service_vectors(*vcpu);
     if (vcpu.ok()) {
       Result<uint32_t> khz = vcpu->get_tsc_khz();
       if (khz.ok()) tsc_khz = static_cast<int>(*khz);
@@ -148,7 +169,11 @@ Result<nlohmann::json> host_report() {
   return nlohmann::json{{"hostname", host},
                         {"kernel", u.release},
                         // KvmSystem::open refuses any API version but the stable 12.
-                        {"kvm", {{"api_version", 12}, {"modules", loaded}, {"capabilities", caps}}},
+                        {"kvm",
+                         {{"api_version", 12},
+                          {"modules", loaded},
+                          {"capabilities", caps},
+                          {"lapic_keeps_in_service_vectors", keeps_in_service}}},
                         {"cpu",
                          {{"vendor", cpu.vendor},
                           {"family", cpu.family},
@@ -172,6 +197,12 @@ std::string format_host_report(const nlohmann::json& r) {
     int v = value.get<int>();
     out += fmt::format("  {:<26} {}\n", name, v == 0 ? "no" : v == 1 ? "yes" : std::to_string(v));
   }
+  int keeps = r["kvm"].value("lapic_keeps_in_service_vectors", -1);
+  out += fmt::format("  {:<26} {}\n", "lapic_in_service_vectors",
+                     keeps < 0    ? "unknown"
+                     : keeps == 1 ? "kept (PPR follows ISR)"
+                                  : "ignored (PPR ignores ISR: snapshots taken inside a guest's "
+                                    "interrupt handler are refused here)");
   out += "\nvirtualization features (from what the kernel publishes):\n";
   for (const auto& [name, value] : r["virtualization"].items()) {
     out += fmt::format("  {:<26} {}\n", name, value.get<std::string>());
@@ -244,6 +275,13 @@ MoveVerdict check_move(const nlohmann::json& from, const nlohmann::json& to,
         fmt::format("note: CPU vendors differ ({} and {}): only guests given a "
                     "common CPU model move safely",
                     from["cpu"].value("vendor", "?"), to["cpu"].value("vendor", "?")));
+  }
+  if (from["kvm"].value("lapic_keeps_in_service_vectors", -1) == 1 &&
+      to["kvm"].value("lapic_keeps_in_service_vectors", -1) == 0) {
+    v.reasons.push_back(
+        fmt::format("note: {}'s KVM ignores in-service interrupt vectors: a guest caught inside an "
+                    "interrupt handler is refused there (migrating again a moment later works)",
+                    to_name));
   }
   if (!cap(to, "manual_dirty_log_protect")) {
     v.reasons.push_back(

@@ -49,5 +49,17 @@ TEST(CheckMove, TscRateDifferenceIsANoteNotABlock) {
   EXPECT_TRUE(noted);
 }
 
+TEST(CheckMove, DestinationIgnoringInServiceVectorsIsANote) {
+  nlohmann::json a = report("a", {}), b = report("b", {});
+  a["kvm"]["lapic_keeps_in_service_vectors"] = 1;
+  b["kvm"]["lapic_keeps_in_service_vectors"] = 0;
+  MoveVerdict v = check_move(a, b);
+  EXPECT_TRUE(v.can_move);
+  bool noted = false;
+  for (const std::string& r : v.reasons) noted |= r.find("b's KVM ignores in-service") == 6;
+  EXPECT_TRUE(noted);
+  EXPECT_EQ(check_move(b, a).reasons.size(), check_move(a, a).reasons.size()) << "only that way";
+}
+
 }  // namespace
 }  // namespace vmctl::state
