@@ -116,7 +116,10 @@ TEST_P(ApicHold, SnapshotInsideTheNestRestoresInANewProcess) {
   EXPECT_EQ(lapic["ppr_derived"], "0x90") << lapic;
   EXPECT_EQ(lapic["ppr_recorded"], lapic["ppr_derived"]) << lapic;
   if (tracked) {
-    EXPECT_EQ(lapic["isr"], nlohmann::json({0x51, 0x61, 0x71})) << lapic;
+    nlohmann::json isr = nlohmann::json::array();  // less the timer's 0xe1, if caught mid-tick
+    for (const auto& v : lapic["isr"])
+      if (v != 0xe1) isr.push_back(v);
+    EXPECT_EQ(isr, nlohmann::json({0x51, 0x61, 0x71})) << lapic;
   }
   if (std::string(c.timer) == "deadline") {
     // Armed, or just expired (KVM clears the deadline when it fires) with its tick pending.
