@@ -108,6 +108,18 @@ grpc::Status Daemon::create(const std::string& name, const std::string& kernel,
   return s;
 }
 
+grpc::Status Daemon::create(const std::string& name, const v1::VmConfig& config, v1::VmInfo* out) {
+  grpc::ClientContext context;
+  v1::CreateVmRequest request;
+  request.set_name(name);
+  request.set_start(true);
+  *request.mutable_config() = config;
+  v1::VmInfo info;
+  grpc::Status s = stub_->CreateVm(&context, request, &info);
+  if (out) *out = info;
+  return s;
+}
+
 v1::VmInfo Daemon::get(const std::string& name, grpc::Status* status) {
   grpc::ClientContext context;
   v1::VmRef ref;
