@@ -80,9 +80,12 @@ Status DirtyPages::fetch(DirtyBitmaps& bitmaps) {
   if (mode_ == DirtyTracking::kBitmap) return fetch_bitmap(bitmaps);
   std::lock_guard lock(mu_);
   TRY(harvest_locked());
+  const std::vector<MemoryRegion>& regions = memory_.regions();
   for (size_t i = 0; i < pending_.size(); ++i) {
+    uint64_t pages = regions[i].size / kPageSize;
     for (size_t w = 0; w < pending_[i].size(); ++w) {
-      bitmaps[i][w] |= all_dirty_ ? ~uint64_t{0} : pending_[i][w];
+      uint64_t all = pages - w * 64 >= 64 ? ~uint64_t{0} : (uint64_t{1} << (pages - w * 64)) - 1;
+      bitmaps[i][w] |= all_dirty_ ? all : pending_[i][w];
       pending_[i][w] = 0;
     }
   }

@@ -11,6 +11,12 @@
 #include "vmm/vm.h"
 
 namespace vmctl::vmm {
+
+// For test names and messages: "ring" rather than a 4-byte dump.
+void PrintTo(DirtyTracking mode, std::ostream* out) {
+  *out << dirty_tracking_name(mode);
+}
+
 namespace {
 
 using namespace std::chrono_literals;
