@@ -111,8 +111,8 @@ struct Case {
 };
 
 int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates,
-        const std::vector<std::string>& trackings, unsigned downtime_ms, bool auto_converge,
-        unsigned streams, const std::string& json) {
+        const std::vector<std::string>& trackings, uint32_t ring_entries, unsigned downtime_ms,
+        bool auto_converge, unsigned streams, const std::string& json) {
   std::string dir = fmt::format("/tmp/vmctl-migration-bench-{}", getpid());
   std::string tls = dir + "/tls";
   if (std::system(("mkdir -p " + dir + " && bash " VMCTL_SOURCE_DIR "/scripts/make-test-certs.sh " +
@@ -129,6 +129,7 @@ int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates,
   report.set_context("downtime_target_ms", downtime_ms);
   report.set_context("auto_converge", auto_converge);
   report.set_context("streams", streams);
+  report.set_context("dirty_ring_entries", ring_entries ? ring_entries : 4096);
   {
     DaemonProcess a(dir + "/a", port_a, tls), b(dir + "/b", port_b, tls);
     for (uint64_t memory : sizes) {
@@ -145,6 +146,7 @@ int run(const std::vector<uint64_t>& sizes, const std::vector<int>& rates,
           create.mutable_config()->set_memory_bytes(memory);
           create.mutable_config()->set_cpus(1);
           create.mutable_config()->set_dirty_tracking(tracking);
+          create.mutable_config()->set_dirty_ring_entries(ring_entries);
           uint64_t dirty_mib = (memory >> 20) - 64;
           if (rate >= 0) {
             create.mutable_config()->set_kernel(VMCTL_GUEST_DIR "/dirtier.elf");
@@ -217,6 +219,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> sizes = {"512M", "2G"};
   std::vector<int> rates = {-1, 64, 256, 0};
   std::vector<std::string> trackings = {"bitmap", "ring"};
+  uint32_t ring_entries = 0;
   unsigned downtime_ms = 30;
   bool auto_converge = false;
   unsigned streams = 1;
@@ -231,6 +234,8 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->check(CLI::IsMember({"auto", "bitmap", "ring"}))
       ->capture_default_str();
+  app.add_option("--dirty-ring-entries", ring_entries,
+                 "Ring entries per vCPU with the ring (0: the VMM's default, 4096)");
   app.add_option("--downtime-ms", downtime_ms, "Downtime target")->capture_default_str();
   app.add_flag("--auto-converge", auto_converge, "Throttle instead of giving up");
   app.add_option("--streams", streams, "Parallel streams per migration")->capture_default_str();
@@ -245,5 +250,6 @@ int main(int argc, char** argv) {
     }
     bytes.push_back(*b);
   }
-  return bench::run(bytes, rates, trackings, downtime_ms, auto_converge, streams, json);
+  return bench::run(bytes, rates, trackings, ring_entries, downtime_ms, auto_converge, streams,
+                    json);
 }

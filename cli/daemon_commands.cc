@@ -110,6 +110,12 @@ void print_info(const v1::VmInfo& i, bool json) {
               format_size(c.memory_bytes()).c_str());
   std::printf("  kernel   %s\n", c.kernel().empty() ? "(built-in demo guest)" : c.kernel().c_str());
   if (!c.cmdline().empty()) std::printf("  cmdline  %s\n", c.cmdline().c_str());
+  if (!c.dirty_tracking().empty()) {
+    std::printf("  dirty    %s tracking%s\n", c.dirty_tracking().c_str(),
+                c.dirty_ring_entries()
+                    ? fmt::format(", {} ring entries per vCPU", c.dirty_ring_entries()).c_str()
+                    : "");
+  }
   std::printf("  console  %s\n", i.console_log().c_str());
   for (const v1::VcpuStats& s : i.vcpu_stats()) {
     std::string line = fmt::format("  vcpu{:<4}", s.vcpu());

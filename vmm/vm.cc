@@ -116,7 +116,10 @@ Status Vm::setup_dirty_tracking(const VmConfig& config) {
           entries, max_entries));
     }
     Status enabled = vm_fd_.enable_dirty_ring(entries);
-    if (!enabled.ok()) {
+    if (!enabled.ok() && config.dirty_tracking == DirtyTracking::kAuto) {
+      spdlog::warn("{}; tracking dirty pages with the bitmap instead", enabled.error().message());
+      mode = DirtyTracking::kBitmap;
+    } else if (!enabled.ok()) {
       if (enabled.error().sys_errno() != EINVAL) return enabled;
       return Error::user(fmt::format(
           "--dirty-ring-entries {}: this host's KVM refuses a ring that small (it keeps entries "
