@@ -140,10 +140,16 @@ void ControlServer::migrate(const nlohmann::json& request, Fd conn) {
     tls.key = request["tls"].value("key", "");
   }
   std::string destination = request.value("destination", "");
+  // The destination VM tracks dirty pages as this one was asked to, unless the request says
+  // otherwise (a property of the host, not of the guest: either side may use either mode).
+  std::string dirty_tracking = request.value(
+      "dirty_tracking", std::string(vmm::dirty_tracking_name(vm_.config().dirty_tracking)));
+  uint32_t ring_entries = request.value("dirty_ring_entries", vm_.config().dirty_ring_entries);
   spdlog::info("migrating to {}", destination);
   Result<std::unique_ptr<migrate::GrpcMigrationTarget>> target =
       migrate::GrpcMigrationTarget::connect(
-          destination, tls, request.value("destination_name", "vm"), request.value("streams", 1u));
+          destination, tls, request.value("destination_name", "vm"), request.value("streams", 1u),
+          dirty_tracking, ring_entries);
   if (target.ok()) {
     // Before sending anything: can the guest run there at all?
     Status fits = check_destination(**target);
@@ -230,6 +236,9 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
             {"paused", vm_.paused()},
             {"vcpus", vm_.num_cpus()},
             {"memory", vm_.memory().ram_size()},
+            {"dirty_tracking", vmm::dirty_tracking_name(vm_.config().dirty_tracking)},
+            {"dirty_tracking_in_use", vmm::dirty_tracking_name(vm_.dirty_pages().mode())},
+            {"dirty_ring_entries", vm_.config().dirty_ring_entries},
             {"pid", ::getpid()}};
   }
   if (op == "stats") {

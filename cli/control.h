@@ -1,6 +1,8 @@
 // The control socket of a foreground VM (`vmctl run --control PATH`, `vmctl restore --control`):
 // a unix socket that accepts one JSON request per connection and answers with one JSON line.
 // Requests: {"op":"snapshot","path":P,"stop":bool,"diff":bool,"compression":N,"memory_file":M},
+// {"op":"migrate",...,"dirty_tracking":"auto|bitmap|ring"} (the destination VM's mode; default:
+// this VM's),
 // {"op":"pause"}, {"op":"resume"}, {"op":"status"}, {"op":"stats"} (KVM exit statistics),
 // {"op":"console","data":S} (bytes to the guest's COM1), {"op":"stop"}.
 // Answers: {"ok":true,...} or {"ok":false,"error":"..."}. vmctld drives its VMs through it.

@@ -110,6 +110,12 @@ void print_info(const v1::VmInfo& i, bool json) {
               format_size(c.memory_bytes()).c_str());
   std::printf("  kernel   %s\n", c.kernel().empty() ? "(built-in demo guest)" : c.kernel().c_str());
   if (!c.cmdline().empty()) std::printf("  cmdline  %s\n", c.cmdline().c_str());
+  if (!c.dirty_tracking().empty()) {
+    std::printf("  dirty    %s tracking%s\n", c.dirty_tracking().c_str(),
+                c.dirty_ring_entries()
+                    ? fmt::format(", {} ring entries per vCPU", c.dirty_ring_entries()).c_str()
+                    : "");
+  }
   std::printf("  console  %s\n", i.console_log().c_str());
   for (const v1::VcpuStats& s : i.vcpu_stats()) {
     std::string line = fmt::format("  vcpu{:<4}", s.vcpu());
@@ -174,6 +180,7 @@ int migrate_command(DaemonOptions& o) {
   request.set_streams(o.streams);
   request.set_compression(o.migrate_compression);
   request.set_policy(o.auto_converge ? v1::CONVERGENCE_AUTO_CONVERGE : v1::CONVERGENCE_GIVE_UP);
+  request.set_dirty_tracking(o.dirty_tracking);
   std::unique_ptr<grpc::ClientReader<v1::MigrationProgress>> reader =
       client->stub().Migrate(&context, request);
   bool tty = isatty(STDERR_FILENO) && !o.json;
@@ -324,6 +331,14 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
   c.create->add_option("--memory,-m", o.memory, "Guest RAM, e.g. 512M")->capture_default_str();
   c.create->add_option("--cpus", o.cpus, "Number of vCPUs")->capture_default_str();
   c.create->add_flag("--start", o.start, "Start it right away");
+  c.create
+      ->add_option("--dirty-tracking", o.dirty_tracking,
+                   "Where dirty pages come from (diff snapshots, migration): ring (the KVM dirty "
+                   "ring), bitmap (KVM_GET_DIRTY_LOG), auto (default: the ring where the host has "
+                   "it)")
+      ->check(CLI::IsMember({"auto", "bitmap", "ring"}));
+  c.create->add_option("--dirty-ring-entries", o.dirty_ring_entries,
+                       "Ring entries per vCPU, a power of two (default 4096)");
   c.create->footer(
       "Example:\n  vmctl create web1 --kernel /srv/guest.elf --memory 1G --cpus 2 --start");
 
@@ -358,6 +373,11 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
       ->capture_default_str();
   c.migrate->add_option("--compression", o.migrate_compression, "zstd level for pages (0 = off)")
       ->capture_default_str();
+  c.migrate
+      ->add_option("--dirty-tracking", o.dirty_tracking,
+                   "Dirty tracking of the VM on the destination: auto, bitmap or ring (default: "
+                   "the VM's own setting)")
+      ->check(CLI::IsMember({"auto", "bitmap", "ring"}));
   c.migrate->add_flag("--auto-converge", o.auto_converge,
                       "Throttle the vCPUs when the guest dirties memory faster than it can be "
                       "sent (default: give up and keep the VM running here)");
@@ -409,6 +429,8 @@ int run_daemon_command(const DaemonCommands& c, DaemonOptions& o) {
     config->set_cmdline(o.cmdline);
     config->set_memory_bytes(*memory);
     config->set_cpus(o.cpus);
+    config->set_dirty_tracking(o.dirty_tracking);
+    config->set_dirty_ring_entries(o.dirty_ring_entries);
     v1::VmInfo info;
     grpc::Status status = client->stub().CreateVm(&context, request, &info);
     if (!status.ok()) return client->fail(status);
@@ -480,6 +502,7 @@ int daemon_restore(DaemonOptions& o) {
   for (const std::string& f : o.files) request.add_files(absolute_path(f));
   request.set_paused(o.paused);
   request.set_lazy(o.lazy);
+  if (o.dirty_tracking != "auto") request.set_dirty_tracking(o.dirty_tracking);
   v1::VmInfo info;
   grpc::Status status = client->stub().Restore(&context, request, &info);
   if (!status.ok()) return client->fail(status);

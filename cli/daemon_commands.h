@@ -22,6 +22,9 @@ struct DaemonOptions {
   std::string kernel, initrd, cmdline, memory = "256M";
   unsigned cpus = 1;
   bool start = false;
+  // create, restore: the VM's; migrate: the VM's on the destination (empty: its own)
+  std::string dirty_tracking;
+  uint32_t dirty_ring_entries = 0;
   // console
   std::string send;
   bool follow = true;

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
     d.files = s.chain;
     d.paused = s.paused;
     d.lazy = s.lazy;
+    d.dirty_tracking = s.dirty_tracking;
     return std::ref(d);
   };
   if (run->parsed()) return vmctl::cli::run_vm(run_options);

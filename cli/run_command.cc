@@ -126,7 +126,19 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
                   "Append the guest's console to this file instead of this terminal");
   run->add_option("--control", o.control,
                   "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
+  add_dirty_tracking_options(run, o.dirty_tracking, o.dirty_ring_entries);
   return run;
+}
+
+void add_dirty_tracking_options(CLI::App* command, std::string& mode, uint32_t& ring_entries) {
+  command
+      ->add_option("--dirty-tracking", mode,
+                   "Where dirty pages come from (diff snapshots, migration): ring (the KVM dirty "
+                   "ring), bitmap (KVM_GET_DIRTY_LOG), auto (the ring where this host has it)")
+      ->check(CLI::IsMember({"auto", "bitmap", "ring"}))
+      ->capture_default_str();
+  command->add_option("--dirty-ring-entries", ring_entries,
+                      "Ring entries per vCPU, a power of two (default 4096)");
 }
 
 void block_stop_signals() {
@@ -159,6 +171,13 @@ int run_vm(const RunOptions& o) {
   config.boot.cmdline = o.cmdline;
   config.boot.num_cpus = o.cpus;
   config.console_output = write_stdout;
+  Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
+  if (!tracking.ok()) {
+    std::fprintf(stderr, "vmctl: %s\n", tracking.error().message().c_str());
+    return 2;
+  }
+  config.dirty_tracking = *tracking;
+  config.dirty_ring_entries = o.dirty_ring_entries;
 
   block_stop_signals();
   Result<std::unique_ptr<vmm::Vm>> created = vmm::Vm::create(config);

@@ -20,7 +20,12 @@ struct RunOptions {
   bool quiet = false;
   std::string control;      // unix socket for snapshot/pause/resume requests
   std::string console_log;  // guest console to this file instead of stdout
+  std::string dirty_tracking = "auto";
+  uint32_t dirty_ring_entries = 0;
 };
+
+// --dirty-tracking and --dirty-ring-entries, shared by run, restore and receive.
+void add_dirty_tracking_options(CLI::App* command, std::string& mode, uint32_t& ring_entries);
 
 // Adds the `run` subcommand to `app`; `options` must outlive parsing.
 CLI::App* add_run_command(CLI::App& app, RunOptions& options);

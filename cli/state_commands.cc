@@ -85,6 +85,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "Refuse to restore when this host cannot run the guest's TSC at its saved "
                       "rate (default: warn and use the host's rate)");
   c.restore->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
+  add_dirty_tracking_options(c.restore, o.dirty_tracking, o.dirty_ring_entries);
   c.restore->footer(
       "The guest continues where the snapshot was taken, console on this terminal.\n\n"
       "Example:\n"
@@ -113,6 +114,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
       ->required();
   c.receive->add_option("--control", o.control, "Listen on this unix socket");
   c.receive->add_option("--console-log", o.console_log, "Append the guest's console here");
+  add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
   return c;
 }
 
@@ -135,6 +137,10 @@ int receive_command(const StateOptions& o) {
   state::RecordReader reader(*source, "migration stream");
   state::RestoreOptions options;
   options.console_output = write_stdout;
+  Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
+  if (!tracking.ok()) return fail(tracking.error());
+  options.dirty_tracking = *tracking;
+  options.dirty_ring_entries = o.dirty_ring_entries;
   auto start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<vmm::Vm>> vm = state::restore_vm(reader, options);
   if (!vm.ok()) {
@@ -195,6 +201,10 @@ int restore_command(const StateOptions& o) {
   }
   options.lazy = o.lazy;
   options.strict_tsc = o.strict_tsc;
+  Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
+  if (!tracking.ok()) return fail(tracking.error());
+  options.dirty_tracking = *tracking;
+  options.dirty_ring_entries = o.dirty_ring_entries;
   state::StreamInfo info;
   auto start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<vmm::Vm>> vm = state::restore_snapshot(o.chain, options, &info);

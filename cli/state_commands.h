@@ -26,7 +26,9 @@ struct StateOptions {
   bool lazy = false;        // restore: map the memory file
   bool strict_tsc = false;
   std::string console_log;
-  int stream_fd = -1;  // receive: the migration stream's descriptor
+  int stream_fd = -1;                   // receive: the migration stream's descriptor
+  std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
+  uint32_t dirty_ring_entries = 0;
 };
 
 struct StateCommands {

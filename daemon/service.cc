@@ -16,6 +16,7 @@
 #include "cli/control.h"
 #include "state/host_report.h"
 #include "state/stream.h"
+#include "vmm/dirty_pages.h"
 
 namespace vmctl::daemon {
 namespace {
@@ -209,6 +210,11 @@ grpc::Status VmctlService::Migrate(grpc::ServerContext* context, const v1::Migra
       {"compression", r->compression() < 0 ? 0 : r->compression()},
       {"auto_converge", r->policy() == v1::CONVERGENCE_AUTO_CONVERGE},
       {"tls", {{"ca", tls_.ca}, {"cert", tls_.cert}, {"key", tls_.key}}}};
+  if (!r->dirty_tracking().empty()) {
+    Result<vmm::DirtyTracking> mode = vmm::parse_dirty_tracking(r->dirty_tracking());
+    if (!mode.ok()) return to_grpc(mode.error());
+    request["dirty_tracking"] = r->dirty_tracking();
+  }
   v1::VmState before = vm->state();
   (void)manager_.set_state(r->name(), v1::VM_STATE_MIGRATING);
   spdlog::info("VM {}: migrating to {}", r->name(), r->destination());
@@ -362,6 +368,15 @@ grpc::Status MigrationReceiverService::Receive(
   Fd ours(pair[0]), theirs(pair[1]);
   Launch how{{"receive", "--stream-fd", "3"},
              fmt::format("receiving a migration from {}", offer.source())};
+  if (!offer.dirty_tracking().empty()) {
+    Result<vmm::DirtyTracking> mode = vmm::parse_dirty_tracking(offer.dirty_tracking());
+    if (!mode.ok()) return fail(mode.error().message());
+    how.args.insert(how.args.end(), {"--dirty-tracking", offer.dirty_tracking()});
+  }
+  if (offer.dirty_ring_entries() != 0) {
+    how.args.insert(how.args.end(),
+                    {"--dirty-ring-entries", std::to_string(offer.dirty_ring_entries())});
+  }
   how.wait_ready = false;
   Result<v1::VmInfo> started = manager_.start_new(offer.vm_name(), how, {theirs.get()});
   theirs.reset();

@@ -19,6 +19,7 @@
 
 #include "cli/control.h"
 #include "cli/daemon_commands.h"
+#include "vmm/dirty_pages.h"
 
 extern char** environ;
 
@@ -49,7 +50,9 @@ nlohmann::json config_to_json(const v1::VmConfig& c) {
           {"initrd", c.initrd()},
           {"cmdline", c.cmdline()},
           {"memory_bytes", c.memory_bytes()},
-          {"cpus", c.cpus()}};
+          {"cpus", c.cpus()},
+          {"dirty_tracking", c.dirty_tracking()},
+          {"dirty_ring_entries", c.dirty_ring_entries()}};
 }
 
 v1::VmConfig config_from_json(const nlohmann::json& j) {
@@ -59,6 +62,8 @@ v1::VmConfig config_from_json(const nlohmann::json& j) {
   c.set_cmdline(j.value("cmdline", ""));
   c.set_memory_bytes(j.value("memory_bytes", uint64_t{0}));
   c.set_cpus(j.value("cpus", 0u));
+  c.set_dirty_tracking(j.value("dirty_tracking", ""));
+  c.set_dirty_ring_entries(j.value("dirty_ring_entries", 0u));
   return c;
 }
 
@@ -70,6 +75,11 @@ std::vector<std::string> run_args(const v1::VmConfig& c) {
   if (!c.cmdline().empty()) args.insert(args.end(), {"--cmdline", c.cmdline()});
   args.insert(args.end(), {"--memory", std::to_string(c.memory_bytes())});
   args.insert(args.end(), {"--cpus", std::to_string(c.cpus())});
+  if (!c.dirty_tracking().empty())
+    args.insert(args.end(), {"--dirty-tracking", c.dirty_tracking()});
+  if (c.dirty_ring_entries() != 0) {
+    args.insert(args.end(), {"--dirty-ring-entries", std::to_string(c.dirty_ring_entries())});
+  }
   return args;
 }
 
@@ -247,6 +257,7 @@ Result<v1::VmInfo> VmManager::create(const std::string& name, const v1::VmConfig
     return Error::user(fmt::format("kernel {} is not readable on the daemon's host: {}",
                                    config.kernel(), std::strerror(errno)));
   }
+  if (!config.dirty_tracking().empty()) TRY(vmm::parse_dirty_tracking(config.dirty_tracking()));
   TRY(make_dir(vm_dir(name), 0700));
   auto e = std::make_unique<Entry>();
   e->name = name;
@@ -606,6 +617,10 @@ Result<v1::VmInfo> VmManager::restore(const v1::RestoreRequest& r) {
   }
   if (r.paused()) how.args.push_back("--paused");
   if (r.lazy()) how.args.push_back("--lazy");
+  if (!r.dirty_tracking().empty()) {
+    TRY(vmm::parse_dirty_tracking(r.dirty_tracking()));
+    how.args.insert(how.args.end(), {"--dirty-tracking", r.dirty_tracking()});
+  }
   TRY(start_new(r.name(), how));
   TRY(refresh_from_process(r.name()));
   return get(r.name());
@@ -617,6 +632,8 @@ Status VmManager::refresh_from_process(const std::string& name) {
   Entry* e = TRY(find_or_error(name));
   e->config.set_memory_bytes(status.value("memory", uint64_t{0}));
   e->config.set_cpus(status.value("vcpus", 0u));
+  e->config.set_dirty_tracking(status.value("dirty_tracking", ""));
+  e->config.set_dirty_ring_entries(status.value("dirty_ring_entries", 0u));
   bool paused = status.value("paused", false);
   if (e->state == v1::VM_STATE_RUNNING || e->state == v1::VM_STATE_CREATED ||
       e->state == v1::VM_STATE_PAUSED) {

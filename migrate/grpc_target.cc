@@ -39,7 +39,7 @@ Result<std::string> GrpcMigrationTarget::destination_report() {
 
 Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
     const std::string& destination, const TlsConfig& tls, const std::string& vm_name,
-    unsigned streams) {
+    unsigned streams, const std::string& dirty_tracking, uint32_t dirty_ring_entries) {
   std::unique_ptr<GrpcMigrationTarget> t(new GrpcMigrationTarget());
   t->destination_ = destination;
   t->channel_ = TRY(make_channel(destination, tls));
@@ -55,6 +55,8 @@ Result<std::unique_ptr<GrpcMigrationTarget>> GrpcMigrationTarget::connect(
   offer.mutable_offer()->set_format_major(fake_major >= 0 ? static_cast<uint32_t>(fake_major)
                                                           : state::format_major());
   offer.mutable_offer()->set_format_minor(state::format_minor());
+  offer.mutable_offer()->set_dirty_tracking(dirty_tracking);
+  offer.mutable_offer()->set_dirty_ring_entries(dirty_ring_entries);
   if (streams > 1) {
     offer.mutable_offer()->set_migration_id(fmt::format(
         "{}-{}-{}", host, getpid(), std::chrono::steady_clock::now().time_since_epoch().count()));

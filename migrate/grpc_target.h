@@ -25,10 +25,10 @@ class GrpcMigrationTarget final : public MigrationTarget, private state::ByteSin
   // With `streams` > 1 the record stream is cut into numbered 1 MiB chunks sent round-robin over
   // that many gRPC streams, each on its own connection and sender thread (so TLS and framing run
   // in parallel); the destination reassembles them in order.
-  static Result<std::unique_ptr<GrpcMigrationTarget>> connect(const std::string& destination,
-                                                              const TlsConfig& tls,
-                                                              const std::string& vm_name,
-                                                              unsigned streams = 1);
+  static Result<std::unique_ptr<GrpcMigrationTarget>> connect(
+      const std::string& destination, const TlsConfig& tls, const std::string& vm_name,
+      unsigned streams = 1, const std::string& dirty_tracking = "",
+      uint32_t dirty_ring_entries = 0);
   ~GrpcMigrationTarget() override;
 
   // The destination daemon's host report (GetHostInfo), for the pre-migration check.

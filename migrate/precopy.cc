@@ -19,15 +19,11 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr uint64_t kPageSize = 4096;
 constexpr double kMiB = 1024.0 * 1024.0;
-// KVM_CLEAR_DIRTY_LOG takes the MMU lock per call: clear in chunks so a large guest's vCPUs are
-// not held up by one long clear.
-constexpr uint64_t kClearChunkPages = 32768;
-
 double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// The dirty log for migration rounds.
+// The dirty log for migration rounds, from the VM's dirty page source (bitmap or ring).
 class DirtyLog {
  public:
   explicit DirtyLog(vmm::Vm& vm) : vm_(vm) {}
@@ -35,9 +31,12 @@ class DirtyLog {
 
   Status start() {
     was_logging_ = !vm_.memory().regions().empty() && vm_.memory().regions()[0].dirty_logging;
-    if (vm_.kvm_system().check_extension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) > 0) {
-      manual_ = vm_.vm_fd().enable_cap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, 1).ok();
-    }
+    // Bitmap mode: KVM_CLEAR_DIRTY_LOG in chunks right before the pages are read (the ring
+    // re-protects harvested pages with KVM_RESET_DIRTY_RINGS).
+    TRY(vm_.dirty_pages().set_manual_protect(true));
+    source_ = vm_.dirty_pages().mode() == vmm::DirtyTracking::kRing ? "dirty ring"
+              : vm_.dirty_pages().manual_protect()                  ? "dirty bitmap, manual protect"
+                                                                    : "dirty bitmap";
     TRY_CTX(vm_.set_dirty_logging(true), "turning on dirty logging");
     started_ = true;
     // Round 0 sends everything: what was logged before it does not matter.
@@ -45,27 +44,11 @@ class DirtyLog {
     return ok_status();
   }
 
-  // The pages dirtied since the last fetch, one bitmap per region; with manual protect the bits
-  // are cleared (and the pages write-protected) here, right before their contents are read.
+  // The pages dirtied since the last fetch, one bitmap per region, re-protected before their
+  // contents are read, plus the pages the VMM itself wrote.
   Result<state::DirtyBitmaps> fetch() {
-    auto& regions = vm_.memory().regions();
-    state::DirtyBitmaps bitmaps(regions.size());
-    for (size_t i = 0; i < regions.size(); ++i) {
-      uint64_t pages = regions[i].size / kPageSize;
-      bitmaps[i].assign((pages + 63) / 64, 0);
-      TRY(vm_.vm_fd().get_dirty_log(regions[i].slot, bitmaps[i].data()));
-      if (!manual_) continue;
-      // (The VMM's own writes are merged below; they need no clearing in KVM.)
-      for (uint64_t first = 0; first < pages; first += kClearChunkPages) {
-        uint64_t count = std::min(kClearChunkPages, pages - first);
-        uint64_t* words = bitmaps[i].data() + first / 64;
-        bool any = false;
-        for (uint64_t w = 0; w < (count + 63) / 64; ++w) any |= words[w] != 0;
-        if (!any) continue;
-        TRY(vm_.vm_fd().clear_dirty_log(regions[i].slot, first, static_cast<uint32_t>(count),
-                                        words));
-      }
-    }
+    state::DirtyBitmaps bitmaps;
+    TRY(vm_.dirty_pages().fetch(bitmaps));
     vm_.memory().take_vmm_dirty(bitmaps);
     return bitmaps;
   }
@@ -73,17 +56,18 @@ class DirtyLog {
   void stop() {
     if (!started_) return;
     started_ = false;
-    if (manual_) (void)vm_.vm_fd().enable_cap(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, 0);
+    (void)vm_.dirty_pages().set_manual_protect(false);
     if (!was_logging_) (void)vm_.set_dirty_logging(false);
   }
 
-  bool manual() const { return manual_; }
+  // What the rounds read: the ring, or the bitmap with or without manual protect.
+  const std::string& source() const { return source_; }
 
  private:
   vmm::Vm& vm_;
-  bool manual_ = false;
   bool started_ = false;
   bool was_logging_ = false;
+  std::string source_;
 };
 
 uint64_t count_pages(const state::DirtyBitmaps& bitmaps) {
@@ -283,11 +267,10 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   progress.downtime.state_to_resumed_ms = ms_between(state_at, resumed_at);
   progress.downtime.total_ms = ms_between(paused_at, resumed_at);
   emit("done");
-  spdlog::info(
-      "migrated in {:.2f} s, {} rounds, {:.1f} MiB, downtime {:.1f} ms (manual dirty "
-      "protect: {})",
-      progress.elapsed_seconds, progress.round + 1, static_cast<double>(progress.bytes_sent) / kMiB,
-      progress.downtime.total_ms, log.manual());
+  spdlog::info("migrated in {:.2f} s, {} rounds, {:.1f} MiB, downtime {:.1f} ms ({})",
+               progress.elapsed_seconds, progress.round + 1,
+               static_cast<double>(progress.bytes_sent) / kMiB, progress.downtime.total_ms,
+               log.source());
   return progress;
 }
 

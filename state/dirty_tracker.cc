@@ -12,15 +12,14 @@ Status DirtyTracker::fold(vmm::Vm& vm, bool keep) {
   auto& regions = vm.memory().regions();
   pending_.resize(regions.size());
   for (size_t i = 0; i < regions.size(); ++i) {
-    uint64_t pages = regions[i].size / kPageSize;
-    std::vector<uint64_t>& bits = pending_[i];
-    bits.resize((pages + 63) / 64, 0);
-    if (!keep) std::fill(bits.begin(), bits.end(), 0);
-    if (!regions[i].dirty_logging) continue;
-    std::vector<uint64_t> log(bits.size(), 0);
-    TRY(vm.vm_fd().get_dirty_log(regions[i].slot, log.data()));
-    if (keep) {
-      for (size_t w = 0; w < bits.size(); ++w) bits[w] |= log[w];
+    pending_[i].resize((regions[i].size / kPageSize + 63) / 64, 0);
+    if (!keep) std::fill(pending_[i].begin(), pending_[i].end(), 0);
+  }
+  DirtyBitmaps log;
+  TRY(vm.dirty_pages().fetch(log));
+  if (keep) {
+    for (size_t i = 0; i < pending_.size(); ++i) {
+      for (size_t w = 0; w < pending_[i].size(); ++w) pending_[i][w] |= log[i][w];
     }
   }
   return ok_status();

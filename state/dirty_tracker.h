@@ -1,7 +1,7 @@
-// Pages a running VM dirtied since its last snapshot, for diff snapshots (and, later, migration
-// rounds). KVM's dirty log is read with KVM_GET_DIRTY_LOG, which clears it; the bits are folded
-// into `pending` and only dropped once the snapshot that carries them is durable, so a failed
-// diff snapshot loses nothing.
+// Pages a running VM dirtied since its last snapshot, for diff snapshots. The VM's dirty page
+// source (KVM's bitmap or its dirty rings, vmm/dirty_pages.h) hands out each page once; the bits
+// are folded into `pending` and only dropped once the snapshot that carries them is durable, so a
+// failed diff snapshot loses nothing.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +14,7 @@
 namespace vmctl::state {
 
 // One bitmap per memory region (in vm.memory().regions() order), bit n = page n of the region.
-using DirtyBitmaps = std::vector<std::vector<uint64_t>>;
+using DirtyBitmaps = vmm::DirtyBitmaps;
 
 class DirtyTracker {
  public:

@@ -1068,6 +1068,8 @@ class Restorer {
       config_.boot.cmdline = info.cmdline;
       config_.console_output = options_.console_output;
       config_.for_restore = true;
+      config_.dirty_tracking = options_.dirty_tracking;
+      config_.dirty_ring_entries = options_.dirty_ring_entries;
       directory_ = directory;
     } else {
       if (info.kind != ps::StreamKind::DIFF_SNAPSHOT) {

@@ -126,6 +126,9 @@ struct RestoreOptions {
   // A snapshot with a memory file: map it copy-on-write instead of reading it, so restore time
   // does not grow with RAM (pages are read when the guest touches them).
   bool lazy = false;
+  // How the restored VM tracks dirty pages: a property of this host, not of the snapshot.
+  vmm::DirtyTracking dirty_tracking = vmm::DirtyTracking::kAuto;
+  uint32_t dirty_ring_entries = 0;
 };
 
 // Reads a whole stream and builds a VM in its state, not yet started. Bad input (truncated,

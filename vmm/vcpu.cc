@@ -342,6 +342,15 @@ bool Vcpu::handle_exit() {
       return false;
     case KVM_EXIT_INTR:
       return true;
+    case KVM_EXIT_DIRTY_RING_FULL: {
+      Status harvested = handler_.dirty_ring_full();
+      if (!harvested.ok()) {
+        handler_.end_vm(error_exit(fmt::format("vCPU {}: emptying the full dirty ring: {}", index(),
+                                               harvested.error().message())));
+        return false;
+      }
+      return true;
+    }
     default:
       handler_.end_vm(error_exit(
           fmt::format("vCPU {}: unexpected KVM exit reason {}", index(), run->exit_reason)));

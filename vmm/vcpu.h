@@ -52,6 +52,8 @@ class ExitHandler {
   virtual void mmio_write(uint64_t address, const uint8_t* data, size_t size) = 0;
   // The vCPU cannot go on (or the guest ended the VM): stop everything with this outcome.
   virtual void end_vm(const VmExit& exit) = 0;
+  // KVM_EXIT_DIRTY_RING_FULL: the vCPU's dirty ring must be emptied before it runs again.
+  virtual Status dirty_ring_full() = 0;
 };
 
 class Vcpu {

@@ -53,6 +53,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config) {
   TRY(vm->vm_fd_.create_pit2());
   TRY(vm->register_memory());
   TRY(vm->add_devices(config));
+  TRY(vm->setup_dirty_tracking(config));
 
   vm->config_ = config;
   vm->config_.console_output = nullptr;  // the device holds it; the copy is for inspection
@@ -83,6 +84,55 @@ Status Vm::register_memory() {
                                       region.host.data()));
   }
   return ok_status();
+}
+
+Status Vm::setup_dirty_tracking(const VmConfig& config) {
+  // KVM_CHECK_EXTENSION answers the largest ring in bytes (0: no ring).
+  int ring_max_bytes = std::max(vm_fd_.check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL),
+                                vm_fd_.check_extension(KVM_CAP_DIRTY_LOG_RING));
+  DirtyTracking mode = config.dirty_tracking;
+  if (mode == DirtyTracking::kAuto) {
+    bool ring = ring_max_bytes > 0 && !host_overruns_dirty_rings();
+    mode = ring ? DirtyTracking::kRing : DirtyTracking::kBitmap;
+  } else if (mode == DirtyTracking::kRing && ring_max_bytes > 0 && host_overruns_dirty_rings()) {
+    spdlog::warn(
+        "this host's KVM (PVM) can overrun dirty rings while it emulates guest kernel code; lost "
+        "entries make every page count as dirty, and a vCPU whose ring is wrecked ends the VM "
+        "(--dirty-tracking bitmap avoids both)");
+  }
+  if (mode == DirtyTracking::kRing) {
+    if (ring_max_bytes <= 0) {
+      return Error::user(
+          "--dirty-tracking ring: this host's KVM has no dirty ring (KVM_CAP_DIRTY_LOG_RING); "
+          "use --dirty-tracking bitmap or auto");
+    }
+    uint32_t entries =
+        config.dirty_ring_entries == 0 ? kDefaultDirtyRingEntries : config.dirty_ring_entries;
+    uint32_t max_entries = static_cast<uint32_t>(ring_max_bytes) / sizeof(kvm_dirty_gfn);
+    if (config.dirty_tracking == DirtyTracking::kAuto) entries = std::min(entries, max_entries);
+    if ((entries & (entries - 1)) != 0 || entries > max_entries) {
+      return Error::user(fmt::format(
+          "--dirty-ring-entries {}: give a power of two up to {} (this host's largest ring)",
+          entries, max_entries));
+    }
+    Status enabled = vm_fd_.enable_dirty_ring(entries);
+    if (!enabled.ok() && config.dirty_tracking == DirtyTracking::kAuto) {
+      spdlog::warn("{}; tracking dirty pages with the bitmap instead", enabled.error().message());
+      mode = DirtyTracking::kBitmap;
+    } else if (!enabled.ok()) {
+      if (enabled.error().sys_errno() != EINVAL) return enabled;
+      return Error::user(fmt::format(
+          "--dirty-ring-entries {}: this host's KVM refuses a ring that small (it keeps entries "
+          "in reserve; try {})",
+          entries, kDefaultDirtyRingEntries));
+    }
+  }
+  dirty_pages_ = std::make_unique<DirtyPages>(vm_fd_, memory_, mode);
+  return ok_status();
+}
+
+Status Vm::dirty_ring_full() {
+  return dirty_pages_->on_ring_full();
 }
 
 Status Vm::set_dirty_logging(bool enabled) {
@@ -126,6 +176,7 @@ Status Vm::create_vcpus(unsigned count) {
   for (unsigned i = 0; i < count; ++i) {
     kvm::VcpuFd fd = TRY(vm_fd_.create_vcpu(static_cast<int>(i)));
     auto vcpu = std::make_unique<Vcpu>(std::move(fd), *this, memory_);
+    if (vcpu->fd().dirty_ring().enabled()) dirty_pages_->add_ring(&vcpu->fd().dirty_ring());
     TRY_CTX(vcpu->configure(filter_cpuid(supported, i, topology)),
             fmt::format("configuring vCPU {}", i));
     std::optional<kvm::StatsReader> reader;

@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "vmm/boot/boot.h"
 #include "vmm/devices/port_io.h"
+#include "vmm/dirty_pages.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/kvm/stats.h"
 #include "vmm/memory.h"
@@ -38,6 +39,12 @@ struct VmConfig {
   bool for_restore = false;
   // With for_restore: map guest RAM from this file (lazy restore) instead of allocating it.
   std::optional<MemoryFileBacking> memory_file;
+  // Where dirty pages come from (snapshots --diff, migration rounds); fixed for the VM's life.
+  // Vm::config() keeps what was asked for (a migration passes that on); dirty_pages().mode()
+  // says what auto became.
+  DirtyTracking dirty_tracking = DirtyTracking::kAuto;
+  // Ring mode: entries per vCPU ring, a power of two; 0 = kDefaultDirtyRingEntries.
+  uint32_t dirty_ring_entries = 0;
 };
 
 struct VcpuStats {
@@ -66,6 +73,8 @@ class Vm final : public ExitHandler {
   void console_input(const uint8_t* data, size_t len);
   // Turns KVM_MEM_LOG_DIRTY_PAGES on or off on every RAM slot while the VM runs.
   Status set_dirty_logging(bool enabled);
+  // The VM's dirty page source (bitmap or ring, as decided at creation).
+  DirtyPages& dirty_pages() { return *dirty_pages_; }
   // Per-vCPU counters from KVM's binary stats (empty when the host has no stats fd).
   Result<std::vector<VcpuStats>> exit_stats() const;
 
@@ -87,6 +96,7 @@ class Vm final : public ExitHandler {
   void mmio_read(uint64_t address, uint8_t* data, size_t size) override;
   void mmio_write(uint64_t address, const uint8_t* data, size_t size) override;
   void end_vm(const VmExit& exit) override;
+  Status dirty_ring_full() override;
 
  private:
   Vm(kvm::KvmSystem system, kvm::VmFd vm_fd, GuestMemory memory)
@@ -94,6 +104,7 @@ class Vm final : public ExitHandler {
   Status register_memory();
   Status add_devices(const VmConfig& config);
   Status create_vcpus(unsigned count);
+  Status setup_dirty_tracking(const VmConfig& config);
 
   kvm::KvmSystem system_;
   kvm::VmFd vm_fd_;
@@ -103,6 +114,7 @@ class Vm final : public ExitHandler {
   std::shared_ptr<CmosRtc> rtc_;
   VmConfig config_;
   boot::BootEntry boot_entry_;
+  std::unique_ptr<DirtyPages> dirty_pages_;  // before the vCPUs: they hold its rings
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::optional<kvm::StatsReader>> vcpu_stats_;
   std::atomic<bool> unhandled_mmio_reported_{false};

@@ -102,6 +102,22 @@ grpc::Status Daemon::create(const std::string& name, const std::string& kernel,
   request.mutable_config()->set_cmdline(cmdline);
   request.mutable_config()->set_memory_bytes(memory);
   request.mutable_config()->set_cpus(cpus);
+  // VMCTL_TEST_DIRTY_TRACKING=ring|bitmap runs the daemon and migration suites with that source.
+  if (const char* tracking = std::getenv("VMCTL_TEST_DIRTY_TRACKING")) {
+    request.mutable_config()->set_dirty_tracking(tracking);
+  }
+  v1::VmInfo info;
+  grpc::Status s = stub_->CreateVm(&context, request, &info);
+  if (out) *out = info;
+  return s;
+}
+
+grpc::Status Daemon::create(const std::string& name, const v1::VmConfig& config, v1::VmInfo* out) {
+  grpc::ClientContext context;
+  v1::CreateVmRequest request;
+  request.set_name(name);
+  request.set_start(true);
+  *request.mutable_config() = config;
   v1::VmInfo info;
   grpc::Status s = stub_->CreateVm(&context, request, &info);
   if (out) *out = info;

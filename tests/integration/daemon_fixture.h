@@ -51,6 +51,8 @@ class Daemon {
   grpc::Status create(const std::string& name, const std::string& kernel,
                       const std::string& cmdline, uint64_t memory, unsigned cpus,
                       v1::VmInfo* out = nullptr);
+  grpc::Status create(const std::string& name, const v1::VmConfig& config,
+                      v1::VmInfo* out = nullptr);
   v1::VmInfo get(const std::string& name, grpc::Status* status = nullptr);
   grpc::Status call(grpc::Status (v1::Vmctl::Stub::*method)(grpc::ClientContext*, const v1::VmRef&,
                                                             v1::VmInfo*),

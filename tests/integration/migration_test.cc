@@ -346,6 +346,56 @@ TEST_F(CrossHost, ApicStateInsideNestedHandlersSurvivesMigration) {
   stop_vm(A(), name);
 }
 
+// Dirty tracking is the host's business, not the guest's: a VM tracked with a (small, often full)
+// dirty ring moves to a destination that tracks it with the bitmap and back, every page intact,
+// and each side's rounds read the source it was told to use.
+TEST_F(CrossHost, RingAndBitmapVmsMigrateIntoEachOther) {
+  if (!host_has_dirty_ring()) GTEST_SKIP() << "this host's KVM has no dirty ring";
+  const std::string name = "mixed";
+  v1::VmConfig config;
+  config.set_kernel(guest_path("dirtier.elf"));
+  config.set_cmdline("mib=32 rate=32 hb_ms=50");
+  config.set_memory_bytes(128 * kMiB);
+  config.set_cpus(2);
+  config.set_dirty_tracking("ring");
+  config.set_dirty_ring_entries(512);
+  v1::VmInfo info;
+  grpc::Status s = A().create(name, config, &info);
+  ASSERT_TRUE(s.ok()) << s.error_message() << A().log();
+  ASSERT_TRUE(A().wait_console(name, "^HB [0-9]+ .*total=[1-9]", 60s)) << A().console(name);
+  EXPECT_EQ(A().get(name).config().dirty_tracking(), "ring");
+
+  struct Leg {
+    Daemon* src;
+    Daemon* dst;
+    std::string dst_ip, src_dir, request_mode, source_reads, dst_mode;
+  };
+  const std::vector<Leg> legs = {
+      {&A(), &B(), hosts->addr_b, "a", "bitmap", "(dirty ring)", "bitmap"},
+      {&B(), &A(), hosts->addr_a, "b", "ring", "(dirty bitmap", "ring"},
+      {&A(), &B(), hosts->addr_b, "a", "", "(dirty ring)", "ring"},  // the VM's own setting
+  };
+  for (size_t i = 0; i < legs.size(); ++i) {
+    const Leg& leg = legs[i];
+    std::this_thread::sleep_for(300ms);
+    v1::MigrateRequest req = request(name, leg.dst_ip);
+    req.set_dirty_tracking(leg.request_mode);
+    MigrationResult r = migrate(*leg.src, req);
+    ASSERT_TRUE(r.status.ok()) << "leg " << i << ": " << r.status.error_message();
+    ASSERT_NE(r.last(), nullptr);
+    EXPECT_EQ(r.last()->phase(), "done");
+    std::ifstream log(hosts->dir->path() + "/" + leg.src_dir + "/state/vms/" + name + "/vmctl.log");
+    std::string text((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+    EXPECT_NE(text.find(leg.source_reads), std::string::npos) << "leg " << i << ": " << text;
+    ASSERT_TRUE(leg.dst->wait_console(name, "^HB [0-9]+", 30s)) << leg.dst->console(name);
+    EXPECT_EQ(leg.dst->get(name).config().dirty_tracking(), leg.dst_mode) << "leg " << i;
+    EXPECT_EQ(count(leg.dst->console(name), "MISMATCH"), 0u) << leg.dst->console(name);
+  }
+  expect_running_and_intact(B(), name);
+  stop_vm(B(), name);
+  stop_vm(A(), name);
+}
+
 TEST_F(CrossHost, DestinationKilledDuringTheFirstRound) {
   const std::string name = "kill-first";
   ASSERT_NO_FATAL_FAILURE(start_dirtier(A(), name, 512 * kMiB, "mib=448 rate=0 hb_ms=50"));

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <sstream>
 
+#include "vmm/kvm/kvm.h"
+
 namespace vmctl::testing {
 
 std::string vmctl_binary() {
@@ -19,6 +21,11 @@ std::string vmctld_binary() {
 }
 std::string guest_path(const std::string& name) {
   return std::string(VMCTL_GUEST_DIR) + "/" + name;
+}
+
+bool host_has_dirty_ring() {
+  Result<vmm::kvm::KvmSystem> kvm = vmm::kvm::KvmSystem::open();
+  return kvm.ok() && kvm->check_extension(KVM_CAP_DIRTY_LOG_RING) > 0;
 }
 
 VmctlProcess::VmctlProcess(const std::vector<std::string>& args)

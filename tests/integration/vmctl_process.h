@@ -51,4 +51,7 @@ std::string vmctl_binary();
 std::string vmctld_binary();
 std::string guest_path(const std::string& name);  // e.g. "heartbeat.elf"
 
+// Whether this host's KVM offers the dirty ring (tests of --dirty-tracking ring skip otherwise).
+bool host_has_dirty_ring();
+
 }  // namespace vmctl::testing

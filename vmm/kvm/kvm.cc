@@ -147,6 +147,31 @@ Status VmFd::enable_cap(uint32_t capability, uint64_t arg0) {
   return ok_status();
 }
 
+Status VmFd::enable_dirty_ring(uint32_t entries) {
+  // Acquire/release ordering of the entries' flags is what the VMM implements; hosts that only
+  // offer the older capability (x86 before 6.1) have the same ring with x86's strong ordering.
+  uint32_t capability = check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0
+                            ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL
+                            : KVM_CAP_DIRTY_LOG_RING;
+  kvm_enable_cap cap{};
+  cap.cap = capability;
+  cap.args[0] = static_cast<uint64_t>(entries) * sizeof(kvm_dirty_gfn);
+  if (::ioctl(fd_.get(), KVM_ENABLE_CAP, &cap) < 0) {
+    return Error::from_errno(
+        fmt::format("KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING{}) with {} entries per vCPU",
+                    capability == KVM_CAP_DIRTY_LOG_RING_ACQ_REL ? "_ACQ_REL" : "", entries),
+        errno);
+  }
+  dirty_ring_entries_ = entries;
+  return ok_status();
+}
+
+Result<uint32_t> VmFd::reset_dirty_rings() {
+  int r = retry_ioctl(fd_.get(), KVM_RESET_DIRTY_RINGS, nullptr);
+  if (r < 0) return Error::from_errno("KVM_RESET_DIRTY_RINGS", errno);
+  return static_cast<uint32_t>(r);
+}
+
 Status VmFd::set_tss_addr(uint64_t address) {
   if (::ioctl(fd_.get(), KVM_SET_TSS_ADDR, address) < 0) {
     return Error::from_errno("KVM_SET_TSS_ADDR", errno);
@@ -210,7 +235,16 @@ Result<VcpuFd> VmFd::create_vcpu(int index) {
   Fd fd(raw);
   Mapping run = TRY(Mapping::map(vcpu_mmap_size_, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0,
                                  fmt::format("kvm_run of vCPU {}", index)));
-  return VcpuFd(std::move(fd), std::move(run), index);
+  DirtyRing ring;
+  if (dirty_ring_entries_ > 0) {
+    size_t bytes = static_cast<size_t>(dirty_ring_entries_) * sizeof(kvm_dirty_gfn);
+    long page = ::sysconf(_SC_PAGESIZE);
+    Mapping gfns = TRY(Mapping::map(bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(),
+                                    static_cast<off_t>(KVM_DIRTY_LOG_PAGE_OFFSET) * page,
+                                    fmt::format("dirty ring of vCPU {}", index)));
+    ring = DirtyRing(std::move(gfns), dirty_ring_entries_);
+  }
+  return VcpuFd(std::move(fd), std::move(run), index, std::move(ring));
 }
 
 Result<Fd> VmFd::get_stats_fd() const {

@@ -7,6 +7,7 @@
 
 #include "vmm/kvm/kvm_uapi.h"
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -50,6 +51,14 @@ class VmFd {
 
   int check_extension(long capability) const;
   Status enable_cap(uint32_t capability, uint64_t arg0 = 0);
+  // KVM_ENABLE_CAP(KVM_CAP_DIRTY_LOG_RING_ACQ_REL, or KVM_CAP_DIRTY_LOG_RING where only that is
+  // offered) with a ring of `entries` (a power of two) per vCPU. Only before the first vCPU;
+  // every vCPU created afterwards maps its ring (VcpuFd::dirty_ring()).
+  Status enable_dirty_ring(uint32_t entries);
+  uint32_t dirty_ring_entries() const { return dirty_ring_entries_; }
+  // KVM_RESET_DIRTY_RINGS: re-protects the pages of every ring entry marked reset and frees those
+  // entries; returns how many there were.
+  Result<uint32_t> reset_dirty_rings();
   Status set_tss_addr(uint64_t address);
   Status set_identity_map_addr(uint64_t address);
   Status create_irqchip();
@@ -77,14 +86,56 @@ class VmFd {
  private:
   Fd fd_;
   int vcpu_mmap_size_;
+  uint32_t dirty_ring_entries_ = 0;
+};
+
+// A vCPU's dirty ring (KVM_CAP_DIRTY_LOG_RING), mapped from the vCPU fd at
+// KVM_DIRTY_LOG_PAGE_OFFSET. KVM pushes an entry (memory slot, page offset in the slot) when the
+// vCPU first writes a page of a slot with KVM_MEM_LOG_DIRTY_PAGES since it was last protected, and
+// publishes it by setting KVM_DIRTY_GFN_F_DIRTY with release semantics. The VMM reads entries in
+// ring order from where it stopped, with an acquire load of the flags, and hands each one back by
+// storing KVM_DIRTY_GFN_F_RESET with release semantics; KVM_RESET_DIRTY_RINGS then re-protects
+// the pages and frees the entries. Not thread-safe: one harvester at a time per ring.
+class DirtyRing {
+ public:
+  DirtyRing() = default;
+  DirtyRing(Mapping mapping, uint32_t entries) : mapping_(std::move(mapping)), entries_(entries) {}
+
+  bool enabled() const { return entries_ != 0; }
+  uint32_t entries() const { return entries_; }
+  // Calls `visit(slot, offset)` for every published entry from the harvest position on, marks
+  // each reset, and returns how many there were (at most entries(): one lap).
+  template <typename Visit>
+  uint32_t harvest(Visit&& visit) {
+    uint32_t n = 0;
+    while (n < entries_) {
+      kvm_dirty_gfn& gfn = gfns()[next_ & (entries_ - 1)];
+      std::atomic_ref<uint32_t> flags(gfn.flags);
+      if ((flags.load(std::memory_order_acquire) & KVM_DIRTY_GFN_F_DIRTY) == 0) break;
+      visit(gfn.slot, gfn.offset);
+      flags.store(KVM_DIRTY_GFN_F_RESET, std::memory_order_release);
+      ++next_;
+      ++n;
+    }
+    return n;
+  }
+
+ private:
+  kvm_dirty_gfn* gfns() { return reinterpret_cast<kvm_dirty_gfn*>(mapping_.data()); }
+  Mapping mapping_;
+  uint32_t entries_ = 0;
+  uint32_t next_ = 0;  // the next entry to look at, counting from the ring's start
 };
 
 class VcpuFd {
  public:
-  VcpuFd(Fd fd, Mapping run, int index) : fd_(std::move(fd)), run_(std::move(run)), index_(index) {}
+  VcpuFd(Fd fd, Mapping run, int index, DirtyRing ring = {})
+      : fd_(std::move(fd)), run_(std::move(run)), index_(index), dirty_ring_(std::move(ring)) {}
 
   int index() const { return index_; }
   kvm_run* run_struct() const { return reinterpret_cast<kvm_run*>(run_.data()); }
+  // The vCPU's dirty ring (not enabled() unless the VM enabled the ring before creating it).
+  DirtyRing& dirty_ring() { return dirty_ring_; }
 
   // KVM_RUN. EINTR (a kick, or immediate_exit) is returned as an Error whose sys_errno() is EINTR;
   // callers treat that as "back at a safe point", not as a failure.
@@ -124,6 +175,7 @@ class VcpuFd {
   Fd fd_;
   Mapping run_;
   int index_;
+  DirtyRing dirty_ring_;
 };
 
 }  // namespace vmctl::vmm::kvm

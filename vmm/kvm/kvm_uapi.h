@@ -19,3 +19,4 @@ static_assert(sizeof(kvm_msrs) == 8, "kvm_msrs header must match the kernel ABI"
 static_assert(sizeof(kvm_msr_list) == 4, "kvm_msr_list header must match the kernel ABI");
 static_assert(sizeof(kvm_stats_desc) == 16, "kvm_stats_desc must match the kernel ABI");
 static_assert(sizeof(kvm_xsave) == 4096, "kvm_xsave must match the kernel ABI");
+static_assert(sizeof(kvm_dirty_gfn) == 16, "kvm_dirty_gfn must match the kernel ABI");
