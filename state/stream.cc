@@ -217,6 +217,7 @@ Result<size_t> MemorySource::read(void* data, size_t len) {
 // ------------------------------------------------------------------ writer
 
 Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool compress) {
+  if (!compress || options_.compression_level <= 0) return write_segments(type, message);
   kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
   kj::ArrayPtr<const kj::byte> raw = words.asBytes();
   FrameHeader header;
@@ -248,6 +249,46 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   TRY(sink_.write(stored, stored_size));
   ++records_;
   bytes_ += sizeof(header) + stored_size;
+  return ok_status();
+}
+
+// An uncompressed record goes out without being flattened first: the segment table (exactly what
+// capnp::messageToFlatArray puts first), then each segment straight from the builder. The bytes
+// and the checksum are those of the flat array; a memory record (1 MiB of pages) is not copied
+// once more on its way out.
+Status RecordWriter::write_segments(RecordType type, capnp::MessageBuilder& message) {
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments = message.getSegmentsForOutput();
+  size_t table_words = segments.size() / 2 + 1;
+  segment_table_.assign(table_words * 2, 0);
+  segment_table_[0] = static_cast<uint32_t>(segments.size() - 1);
+  size_t raw_size = table_words * sizeof(capnp::word);
+  for (size_t i = 0; i < segments.size(); ++i) {
+    segment_table_[i + 1] = static_cast<uint32_t>(segments[i].size());
+    raw_size += segments[i].size() * sizeof(capnp::word);
+  }
+  FrameHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.major = static_cast<uint8_t>(format_major());
+  header.minor = static_cast<uint8_t>(format_minor());
+  header.raw_size = raw_size;
+  if (type == RecordType::MEMORY_FILE) header.flags |= kFrameRequired;
+  header.stored_size = raw_size;
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, &header, offsetof(FrameHeader, checksum));
+  XXH3_64bits_update(state, segment_table_.data(), table_words * sizeof(capnp::word));
+  for (const auto& segment : segments) {
+    XXH3_64bits_update(state, segment.begin(), segment.size() * sizeof(capnp::word));
+  }
+  header.checksum = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  TRY(sink_.write(&header, sizeof(header)));
+  TRY(sink_.write(segment_table_.data(), table_words * sizeof(capnp::word)));
+  for (const auto& segment : segments) {
+    TRY(sink_.write(segment.begin(), segment.size() * sizeof(capnp::word)));
+  }
+  ++records_;
+  bytes_ += sizeof(header) + raw_size;
   return ok_status();
 }
 

@@ -159,11 +159,14 @@ class RecordWriter {
   uint64_t bytes() const { return bytes_; }
 
  private:
+  Status write_segments(RecordType type, capnp::MessageBuilder& message);
+
   ByteSink& sink_;
   WriterOptions options_;
   uint64_t records_ = 0;
   uint64_t bytes_ = 0;
   std::vector<uint8_t> scratch_;
+  std::vector<uint32_t> segment_table_;
 };
 
 // One record as read: its header fields and the decompressed, checksum-verified payload.
