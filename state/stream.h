@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -154,7 +155,10 @@ class RecordWriter {
   RecordWriter(ByteSink& sink, WriterOptions options) : sink_(sink), options_(options) {}
 
   // Serializes and appends one record. `compress` asks for zstd (if the options allow it).
+  // Safe to call from several threads: compression runs in the caller's thread, records go to the
+  // sink whole, one at a time (in no particular order between threads).
   Status write(RecordType type, capnp::MessageBuilder& message, bool compress = false);
+  bool compresses() const { return options_.compression_level > 0; }
   uint64_t records() const { return records_; }
   uint64_t bytes() const { return bytes_; }
 
@@ -163,9 +167,9 @@ class RecordWriter {
 
   ByteSink& sink_;
   WriterOptions options_;
+  std::mutex mu_;  // the sink and the counters
   uint64_t records_ = 0;
   uint64_t bytes_ = 0;
-  std::vector<uint8_t> scratch_;
   std::vector<uint32_t> segment_table_;
 };
 
