@@ -665,7 +665,6 @@ std::pair<Sample, Sample> qemu_snapshot(Env& env, uint64_t memory, const Workloa
 
 std::string create_vmctl_vm(Env& env, uint64_t memory, const Workload& wl) {
   std::string name = fmt::format("cmp{}", env.serial++);
-  grpc::ClientContext context;
   v1::CreateVmRequest create;
   create.set_name(name);
   create.set_start(true);
@@ -673,10 +672,18 @@ std::string create_vmctl_vm(Env& env, uint64_t memory, const Workload& wl) {
   create.mutable_config()->set_cpus(1);
   create.mutable_config()->set_kernel(wl.kernel);
   create.mutable_config()->set_cmdline(wl.cmdline);
-  v1::VmInfo info;
-  grpc::Status st = env.a->stub().CreateVm(&context, create, &info);
-  if (!st.ok()) throw Failure("vmctl create: " + st.error_message());
-  return name;
+  // vmctld pings its clients every second and drops a connection whose pings go unanswered for
+  // 3 s; this process's idle channel (while QEMU cases run) may not answer them, and its next call
+  // then fails with UNAVAILABLE before reaching the daemon. Such a call is simply made again.
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext context;
+    v1::VmInfo info;
+    grpc::Status st = env.a->stub().CreateVm(&context, create, &info);
+    if (st.ok()) return name;
+    if (st.error_code() != grpc::StatusCode::UNAVAILABLE || attempt == 3) {
+      throw Failure("vmctl create: " + st.error_message());
+    }
+  }
 }
 
 Sample vmctl_migrate(Env& env, uint64_t memory, const Workload& wl) {
