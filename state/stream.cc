@@ -268,6 +268,14 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   return ok_status();
 }
 
+Status RecordWriter::append_encoded(const std::vector<uint8_t>& frames, uint64_t records) {
+  std::lock_guard lock(mu_);
+  if (!frames.empty()) TRY(sink_.write(frames.data(), frames.size()));
+  records_ += records;
+  bytes_ += frames.size();
+  return ok_status();
+}
+
 // An uncompressed record goes out without being flattened first: the segment table (exactly what
 // capnp::messageToFlatArray puts first), then each segment straight from the builder. The bytes
 // and the checksum are those of the flat array; a memory record (1 MiB of pages) is not copied

@@ -156,9 +156,12 @@ class RecordWriter {
 
   // Serializes and appends one record. `compress` asks for zstd (if the options allow it).
   // Safe to call from several threads: compression runs in the caller's thread, records go to the
-  // sink whole, one at a time (in no particular order between threads).
+  // sink whole, one at a time.
   Status write(RecordType type, capnp::MessageBuilder& message, bool compress = false);
   bool compresses() const { return options_.compression_level > 0; }
+  const WriterOptions& options() const { return options_; }
+  // Appends records another writer (with these options) encoded into memory.
+  Status append_encoded(const std::vector<uint8_t>& frames, uint64_t records);
   uint64_t records() const { return records_; }
   uint64_t bytes() const { return bytes_; }
 
