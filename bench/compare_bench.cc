@@ -460,6 +460,7 @@ struct Env {
   DaemonProcess* a = nullptr;
   DaemonProcess* b = nullptr;
   int port_b = 0;
+  json qemu_defaults;  // QEMU's migration parameters before any tuning, for the report
 };
 
 // One QEMU microvm: the guest ELF via -kernel, COM1 to a file, QMP on a unix socket.
@@ -579,6 +580,10 @@ Sample qemu_migrate(Env& env, uint64_t memory, const Workload& wl, bool tuned) {
   QemuVm src(env, memory, wl, /*incoming=*/false, /*paused=*/false);
   ConsoleWatch src_console(src.console_path()), dst_console(dst.console_path());
   if (!guest_going(src_console, wl)) throw Failure("QEMU: the guest did not get going");
+  if (env.qemu_defaults.is_null()) {
+    env.qemu_defaults = src.qmp().execute("query-migrate-parameters");
+    env.qemu_defaults["version"] = src.qmp().execute("query-version").value("qemu", json());
+  }
   if (tuned) {
     dst.tune(true);
     src.tune(true);
@@ -1150,7 +1155,8 @@ int run(Options o) {
         {"repeats", o.repeats},
         {"max_seconds", o.max_seconds},
         {"heartbeat_ms", kHeartbeatMs},
-        {"qemu", o.qemu}}},
+        {"qemu", o.qemu},
+        {"qemu_default_migration_parameters", env.qemu_defaults}}},
       {"cases", cases}};
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
