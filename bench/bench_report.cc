@@ -47,6 +47,22 @@ std::string Report::table() const {
   return out;
 }
 
+std::string Report::markdown() const {
+  std::string out = "### " + name_ + "\n\n|";
+  std::string rule = "|";
+  for (size_t i = 0; i < columns_.size(); ++i) {
+    out += " " + columns_[i] + " |";
+    rule += i < text_columns_ ? "---|" : "---:|";
+  }
+  out += "\n" + rule + "\n";
+  for (const nlohmann::json& row : rows_) {
+    out += "|";
+    for (const std::string& c : columns_) out += " " + cell(row.value(c, nlohmann::json())) + " |";
+    out += "\n";
+  }
+  return out;
+}
+
 nlohmann::json Report::json() const {
   return {{"benchmark", name_}, {"context", context_}, {"results", rows_}};
 }

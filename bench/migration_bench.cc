@@ -18,6 +18,7 @@
 
 #include "base/size.h"
 #include "bench/bench_report.h"
+#include "bench/daemon_process.h"
 #include "migrate/channel.h"
 #include "proto/vmctl.grpc.pb.h"
 
@@ -26,79 +27,6 @@ namespace {
 
 namespace v1 = ::vmctl::v1;
 using namespace std::chrono_literals;
-
-// One vmctld on 127.0.0.1:port with TLS, its state under `dir`.
-class DaemonProcess {
- public:
-  DaemonProcess(const std::string& dir, int port, const std::string& tls) : dir_(dir) {
-    mkdir(dir.c_str(), 0700);
-    std::vector<std::string> args = {VMCTLD_BINARY,
-                                     "--socket",
-                                     dir + "/vmctld.sock",
-                                     "--state-dir",
-                                     dir + "/state",
-                                     "--listen",
-                                     fmt::format("127.0.0.1:{}", port),
-                                     "--tls-ca",
-                                     tls + "/ca.pem",
-                                     "--tls-cert",
-                                     tls + "/node.pem",
-                                     "--tls-key",
-                                     tls + "/node.key",
-                                     "--log-level",
-                                     "warn"};
-    pid_ = fork();
-    if (pid_ == 0) {
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    struct stat st {};
-    for (int i = 0; i < 500 && stat((dir + "/vmctld.sock").c_str(), &st) != 0; ++i) {
-      std::this_thread::sleep_for(10ms);
-    }
-    stub_ = v1::Vmctl::NewStub(
-        grpc::CreateChannel("unix:" + dir + "/vmctld.sock", grpc::InsecureChannelCredentials()));
-  }
-  ~DaemonProcess() {
-    stub_.reset();
-    kill(pid_, SIGTERM);
-    waitpid(pid_, nullptr, 0);
-  }
-  v1::Vmctl::Stub& stub() { return *stub_; }
-  std::string console(const std::string& name) {
-    std::ifstream in(dir_ + "/state/vms/" + name + "/console.log");
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-  }
-  bool wait_console(const std::string& name, const std::string& pattern,
-                    std::chrono::seconds timeout) {
-    std::regex re(pattern);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (std::regex_search(console(name), re)) return true;
-      std::this_thread::sleep_for(50ms);
-    }
-    return false;
-  }
-  void remove(const std::string& name) {
-    for (auto method : {&v1::Vmctl::Stub::StopVm, &v1::Vmctl::Stub::DeleteVm}) {
-      grpc::ClientContext c;
-      v1::VmRef ref;
-      ref.set_name(name);
-      v1::VmInfo info;
-      (void)(stub_.get()->*method)(&c, ref, &info);
-    }
-  }
-
- private:
-  std::string dir_;
-  pid_t pid_ = -1;
-  std::unique_ptr<v1::Vmctl::Stub> stub_;
-};
 
 struct Case {
   uint64_t memory;

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <future>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -109,11 +110,13 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(vmm::Vm& vm, const s
 }
 
 Status ControlServer::check_destination(migrate::GrpcMigrationTarget& target) {
+  // This host's report (a probe VM is made for it) while the destination makes its own.
+  std::future<Result<nlohmann::json>> local = std::async(std::launch::async, state::host_report);
   std::string text = TRY(target.destination_report());
   nlohmann::json destination = nlohmann::json::parse(text, nullptr, false);
   if (destination.is_discarded())
     return Error::failure("the destination's host report is not JSON");
-  nlohmann::json here = TRY(state::host_report());
+  nlohmann::json here = TRY(local.get());
   std::vector<vmm::CpuidEntry> cpuid = TRY(vm_.vcpu(0).fd().get_cpuid2());
   std::vector<std::string> guest = state::cpu_feature_names(cpuid);
   state::MoveVerdict verdict = state::check_move(here, destination, &guest);

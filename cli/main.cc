@@ -6,11 +6,13 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "base/alloc.h"
 #include "cli/daemon_commands.h"
 #include "cli/run_command.h"
 #include "cli/state_commands.h"
 
 int main(int argc, char** argv) {
+  vmctl::keep_streaming_buffers();
   // Logs go to stderr: stdout is the guest's console and must carry nothing else.
   spdlog::set_default_logger(spdlog::stderr_color_mt("vmctl"));
   spdlog::set_pattern("vmctl: %l: %v");

@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
 
+#include "base/alloc.h"
 #include "daemon/service.h"
 #include "daemon/vm_manager.h"
 #include "migrate/channel.h"
@@ -36,6 +37,7 @@ std::string default_vmctl() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  vmctl::keep_streaming_buffers();
   using namespace vmctl;
   CLI::App app{"vmctld - the vmctl daemon: runs VMs, snapshots and live migration over gRPC"};
   std::string socket = "/run/vmctld.sock";

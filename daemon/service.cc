@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include <fmt/format.h>
@@ -264,9 +265,18 @@ grpc::Status VmctlService::CancelMigration(grpc::ServerContext*, const v1::VmRef
 
 grpc::Status VmctlService::GetHostInfo(grpc::ServerContext*, const v1::HostInfoRequest*,
                                        v1::HostInfo* out) {
-  Result<nlohmann::json> report = state::host_report();
-  if (!report.ok()) return to_grpc(report.error());
-  out->set_report_json(report->dump());
+  // The report only holds facts fixed while this daemon runs (KVM's capabilities, the CPU), and
+  // making it creates and destroys a probe VM: every migration here asks for it, so it is made
+  // once.
+  static std::mutex mu;
+  static std::string cached;
+  std::lock_guard lock(mu);
+  if (cached.empty()) {
+    Result<nlohmann::json> report = state::host_report();
+    if (!report.ok()) return to_grpc(report.error());
+    cached = report->dump();
+  }
+  out->set_report_json(cached);
   return grpc::Status::OK;
 }
 

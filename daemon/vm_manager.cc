@@ -387,7 +387,9 @@ Status VmManager::wait_until_ready(const std::string& name, pid_t pid) {
     }
     Result<nlohmann::json> status = control(name, {{"op", "status"}});
     if (status.ok()) return ok_status();
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    // A connect attempt on a unix socket is cheap; a long nap here is added to every create
+    // and restore (the VM process is typically ready a few ms into a nap).
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   ::kill(pid, SIGKILL);
   return Error::failure("the VM process did not open its control socket within 60 s");

@@ -209,6 +209,7 @@ Status GrpcMigrationTarget::send_chunk() {
   v1::MigrationChunk chunk;
   chunk.set_records(std::move(buffer_));
   buffer_.clear();
+  buffer_.reserve(kChunkBytes);  // filled by appends: grown once, not by doubling
   if (lanes_.empty()) {
     if (!stream_->Write(chunk)) return failure("the migration stream broke");
     return ok_status();

@@ -3,6 +3,7 @@
 #   scripts/dev.sh run [vmctl run options]   install deps, build, boot the demo guest (or your kernel)
 #   scripts/dev.sh test                      install deps, build, run the whole test suite
 #   scripts/dev.sh bench [NAME...]           install deps, build, run the benchmarks (JSON in build/bench)
+#   scripts/dev.sh bench-qemu [OPTIONS]      ... and vmctl side by side with QEMU (bench/README.md)
 #   scripts/dev.sh deps | build              the individual steps
 # Idempotent: packages already installed are not reinstalled; the build is incremental.
 set -euo pipefail
@@ -17,6 +18,7 @@ PACKAGES=(
   libgtest-dev libcli11-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
   iproute2 openssl procps
   clang libclang-rt-14-dev
+  qemu-system-x86
 )
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -88,8 +90,16 @@ case "$cmd" in
       "$BUILD/bench/${name}_bench" --json "$BUILD/bench/$name.json"
     done
     ;;
+  bench-qemu)
+    deps  # qemu-system-x86 is in the package list
+    check_kvm
+    build
+    log "benchmark: vmctl vs QEMU (takes minutes; --smoke for one small case)"
+    "$BUILD/bench/compare_bench" --json "$BUILD/bench/compare.json" \
+      --markdown "$BUILD/bench/compare.md" "$@"
+    ;;
   *)
-    echo "usage: scripts/dev.sh run [vmctl run options] | test [ctest options] | bench [NAME...] | deps | build" >&2
+    echo "usage: scripts/dev.sh run [vmctl run options] | test [ctest options] | bench [NAME...] | bench-qemu [options] | deps | build" >&2
     exit 2
     ;;
 esac

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <memory>
 
 #include <capnp/schema.h>
 #include <capnp/serialize.h>
@@ -36,6 +37,19 @@ uint64_t frame_checksum(const FrameHeader& header, const uint8_t* payload, size_
   uint64_t sum = XXH3_64bits_digest(state);
   XXH3_freeState(state);
   return sum;
+}
+
+// One zstd context per thread, kept: ZSTD_compress and ZSTD_decompress make and free a context
+// (with its tables) for every call, which for 1 MiB records is a noticeable part of the work.
+ZSTD_CCtx* thread_compressor() {
+  thread_local std::unique_ptr<ZSTD_CCtx, size_t (*)(ZSTD_CCtx*)> ctx(ZSTD_createCCtx(),
+                                                                      ZSTD_freeCCtx);
+  return ctx.get();
+}
+ZSTD_DCtx* thread_decompressor() {
+  thread_local std::unique_ptr<ZSTD_DCtx, size_t (*)(ZSTD_DCtx*)> ctx(ZSTD_createDCtx(),
+                                                                      ZSTD_freeDCtx);
+  return ctx.get();
 }
 
 }  // namespace
@@ -217,6 +231,7 @@ Result<size_t> MemorySource::read(void* data, size_t len) {
 // ------------------------------------------------------------------ writer
 
 Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool compress) {
+  if (!compress || options_.compression_level <= 0) return write_segments(type, message);
   kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
   kj::ArrayPtr<const kj::byte> raw = words.asBytes();
   FrameHeader header;
@@ -228,26 +243,77 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   if (type == RecordType::MEMORY_FILE) header.flags |= kFrameRequired;
   const uint8_t* stored = raw.begin();
   size_t stored_size = raw.size();
+  std::vector<uint8_t> scratch;
   if (compress && options_.compression_level > 0) {
-    scratch_.resize(ZSTD_compressBound(raw.size()));
-    size_t n = ZSTD_compress(scratch_.data(), scratch_.size(), raw.begin(), raw.size(),
-                             options_.compression_level);
+    scratch.resize(ZSTD_compressBound(raw.size()));
+    size_t n = ZSTD_compressCCtx(thread_compressor(), scratch.data(), scratch.size(), raw.begin(),
+                                 raw.size(), options_.compression_level);
     if (ZSTD_isError(n)) {
       return Error::failure(fmt::format("zstd compression failed: {}", ZSTD_getErrorName(n)));
     }
     // Keep whatever is smaller: random data does not compress.
     if (n < raw.size()) {
-      stored = scratch_.data();
+      stored = scratch.data();
       stored_size = n;
       header.flags |= kFrameZstd;
     }
   }
   header.stored_size = stored_size;
   header.checksum = frame_checksum(header, stored, stored_size);
+  std::lock_guard lock(mu_);
   TRY(sink_.write(&header, sizeof(header)));
   TRY(sink_.write(stored, stored_size));
   ++records_;
   bytes_ += sizeof(header) + stored_size;
+  return ok_status();
+}
+
+Status RecordWriter::append_encoded(const std::vector<uint8_t>& frames, uint64_t records) {
+  std::lock_guard lock(mu_);
+  if (!frames.empty()) TRY(sink_.write(frames.data(), frames.size()));
+  records_ += records;
+  bytes_ += frames.size();
+  return ok_status();
+}
+
+// An uncompressed record goes out without being flattened first: the segment table (exactly what
+// capnp::messageToFlatArray puts first), then each segment straight from the builder. The bytes
+// and the checksum are those of the flat array; a memory record (1 MiB of pages) is not copied
+// once more on its way out.
+Status RecordWriter::write_segments(RecordType type, capnp::MessageBuilder& message) {
+  kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments = message.getSegmentsForOutput();
+  std::lock_guard lock(mu_);
+  size_t table_words = segments.size() / 2 + 1;
+  segment_table_.assign(table_words * 2, 0);
+  segment_table_[0] = static_cast<uint32_t>(segments.size() - 1);
+  size_t raw_size = table_words * sizeof(capnp::word);
+  for (size_t i = 0; i < segments.size(); ++i) {
+    segment_table_[i + 1] = static_cast<uint32_t>(segments[i].size());
+    raw_size += segments[i].size() * sizeof(capnp::word);
+  }
+  FrameHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.major = static_cast<uint8_t>(format_major());
+  header.minor = static_cast<uint8_t>(format_minor());
+  header.raw_size = raw_size;
+  if (type == RecordType::MEMORY_FILE) header.flags |= kFrameRequired;
+  header.stored_size = raw_size;
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  XXH3_64bits_update(state, &header, offsetof(FrameHeader, checksum));
+  XXH3_64bits_update(state, segment_table_.data(), table_words * sizeof(capnp::word));
+  for (const auto& segment : segments) {
+    XXH3_64bits_update(state, segment.begin(), segment.size() * sizeof(capnp::word));
+  }
+  header.checksum = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  TRY(sink_.write(&header, sizeof(header)));
+  TRY(sink_.write(segment_table_.data(), table_words * sizeof(capnp::word)));
+  for (const auto& segment : segments) {
+    TRY(sink_.write(segment.begin(), segment.size() * sizeof(capnp::word)));
+  }
+  ++records_;
+  bytes_ += sizeof(header) + raw_size;
   return ok_status();
 }
 
@@ -342,8 +408,8 @@ Result<std::optional<Record>> RecordReader::next() {
                                record_type_name(record.type)));
   }
   if (record.compressed) {
-    size_t n = ZSTD_decompress(record.payload.begin(), header.raw_size, compressed.data(),
-                               compressed.size());
+    size_t n = ZSTD_decompressDCtx(thread_decompressor(), record.payload.begin(), header.raw_size,
+                                   compressed.data(), compressed.size());
     if (ZSTD_isError(n) || n != header.raw_size) {
       return corrupt("zstd payload does not decompress to its declared size: corrupt");
     }

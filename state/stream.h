@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -154,16 +155,25 @@ class RecordWriter {
   RecordWriter(ByteSink& sink, WriterOptions options) : sink_(sink), options_(options) {}
 
   // Serializes and appends one record. `compress` asks for zstd (if the options allow it).
+  // Safe to call from several threads: compression runs in the caller's thread, records go to the
+  // sink whole, one at a time.
   Status write(RecordType type, capnp::MessageBuilder& message, bool compress = false);
+  bool compresses() const { return options_.compression_level > 0; }
+  const WriterOptions& options() const { return options_; }
+  // Appends records another writer (with these options) encoded into memory.
+  Status append_encoded(const std::vector<uint8_t>& frames, uint64_t records);
   uint64_t records() const { return records_; }
   uint64_t bytes() const { return bytes_; }
 
  private:
+  Status write_segments(RecordType type, capnp::MessageBuilder& message);
+
   ByteSink& sink_;
   WriterOptions options_;
+  std::mutex mu_;  // the sink and the counters
   uint64_t records_ = 0;
   uint64_t bytes_ = 0;
-  std::vector<uint8_t> scratch_;
+  std::vector<uint32_t> segment_table_;
 };
 
 // One record as read: its header fields and the decompressed, checksum-verified payload.

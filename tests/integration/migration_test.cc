@@ -489,10 +489,13 @@ TEST_F(CrossHost, CancelMigrationMidWay) {
 }
 
 // A source whose VM process sends a corrupted byte (fault injection through its environment).
+// The byte must lie inside every such stream: the migration starts once the dirtier has written
+// 1 MiB, so the stream carries at least that much page data. (At 3,000,000 a fast migration of
+// this guest could end before the byte was sent, and succeed.)
 TEST_F(CrossHost, CorruptedRecordIsRefusedAndTheSourceKeepsRunning) {
   ScratchDir dir("xhost-corrupt");
   Daemon faulty(dir.path(), hosts->tls_flags(),
-                hosts->in_ns(hosts->ns_a, {"VMCTL_FAULT_CORRUPT_STREAM_AT=3000000"}));
+                hosts->in_ns(hosts->ns_a, {"VMCTL_FAULT_CORRUPT_STREAM_AT=1000000"}));
   const std::string name = "corrupt";
   ASSERT_NO_FATAL_FAILURE(start_dirtier(faulty, name, 128 * kMiB, "mib=32 rate=16 hb_ms=50"));
   MigrationResult r = migrate(faulty, request(name, hosts->addr_b));

@@ -85,7 +85,9 @@ std::optional<std::string> VmctlProcess::wait_for_line(const std::string& patter
   for (;;) {
     {
       std::lock_guard lock(mu_);
-      std::istringstream lines(out_);
+      // Whole lines only: the guest may be half-way through the last one (a partial
+      // "VERIFY pages=1638" once matched "^VERIFY ").
+      std::istringstream lines(out_.substr(0, out_.rfind('\n') + 1));
       std::string line;
       while (std::getline(lines, line)) {
         if (!line.empty() && line.back() == '\r') line.pop_back();
