@@ -167,7 +167,10 @@ std::optional<std::string> Daemon::wait_console(const std::string& name, const s
   std::regex re(pattern);
   auto deadline = std::chrono::steady_clock::now() + timeout;
   do {
-    std::istringstream text(console(name));
+    // Whole lines only: the guest may be half-way through the last one (a partial
+    // "APICTEST done pass=18 fail" once matched "^APICTEST done").
+    std::string all = console(name);
+    std::istringstream text(all.substr(0, all.rfind('\n') + 1));
     for (std::string line; std::getline(text, line);) {
       if (std::regex_search(line, re)) return line;
     }
