@@ -28,15 +28,33 @@ std::string directory_of(const std::string& path) {
 }
 
 // The checksum covers the frame header (all fields before the checksum) and the stored payload, so
-// a flipped type, version or flag bit is caught like a flipped payload bit.
-uint64_t frame_checksum(const FrameHeader& header, const uint8_t* payload, size_t len) {
+// a flipped type, version or flag bit is caught like a flipped payload bit. The payload may come in
+// pieces (a Cap'n Proto message's segment table, then its segments): the sum is that of their
+// concatenation.
+uint64_t frame_checksum(const FrameHeader& header, kj::ArrayPtr<const kj::byte> payload,
+                        kj::ArrayPtr<const kj::ArrayPtr<const capnp::word>> segments = {}) {
   XXH3_state_t* state = XXH3_createState();
   XXH3_64bits_reset(state);
   XXH3_64bits_update(state, &header, offsetof(FrameHeader, checksum));
-  XXH3_64bits_update(state, payload, len);
+  XXH3_64bits_update(state, payload.begin(), payload.size());
+  for (const auto& segment : segments) {
+    XXH3_64bits_update(state, segment.begin(), segment.size() * sizeof(capnp::word));
+  }
   uint64_t sum = XXH3_64bits_digest(state);
   XXH3_freeState(state);
   return sum;
+}
+
+// The header of a record frame of this type; stored size and checksum are the caller's.
+FrameHeader record_header(RecordType type, size_t raw_size) {
+  FrameHeader header;
+  header.type = static_cast<uint16_t>(type);
+  header.major = static_cast<uint8_t>(format_major());
+  header.minor = static_cast<uint8_t>(format_minor());
+  header.raw_size = raw_size;
+  // Skipping a memory file record would restore a machine without its RAM.
+  if (type == RecordType::MEMORY_FILE) header.flags |= kFrameRequired;
+  return header;
 }
 
 // One zstd context per thread, kept: ZSTD_compress and ZSTD_decompress make and free a context
@@ -234,32 +252,23 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   if (!compress || options_.compression_level <= 0) return write_segments(type, message);
   kj::Array<capnp::word> words = capnp::messageToFlatArray(message);
   kj::ArrayPtr<const kj::byte> raw = words.asBytes();
-  FrameHeader header;
-  header.type = static_cast<uint16_t>(type);
-  header.major = static_cast<uint8_t>(format_major());
-  header.minor = static_cast<uint8_t>(format_minor());
-  header.raw_size = raw.size();
-  // Skipping a memory file record would restore a machine without its RAM.
-  if (type == RecordType::MEMORY_FILE) header.flags |= kFrameRequired;
+  FrameHeader header = record_header(type, raw.size());
   const uint8_t* stored = raw.begin();
   size_t stored_size = raw.size();
-  std::vector<uint8_t> scratch;
-  if (compress && options_.compression_level > 0) {
-    scratch.resize(ZSTD_compressBound(raw.size()));
-    size_t n = ZSTD_compressCCtx(thread_compressor(), scratch.data(), scratch.size(), raw.begin(),
-                                 raw.size(), options_.compression_level);
-    if (ZSTD_isError(n)) {
-      return Error::failure(fmt::format("zstd compression failed: {}", ZSTD_getErrorName(n)));
-    }
-    // Keep whatever is smaller: random data does not compress.
-    if (n < raw.size()) {
-      stored = scratch.data();
-      stored_size = n;
-      header.flags |= kFrameZstd;
-    }
+  std::vector<uint8_t> scratch(ZSTD_compressBound(raw.size()));
+  size_t n = ZSTD_compressCCtx(thread_compressor(), scratch.data(), scratch.size(), raw.begin(),
+                               raw.size(), options_.compression_level);
+  if (ZSTD_isError(n)) {
+    return Error::failure(fmt::format("zstd compression failed: {}", ZSTD_getErrorName(n)));
+  }
+  // Keep whatever is smaller: random data does not compress.
+  if (n < raw.size()) {
+    stored = scratch.data();
+    stored_size = n;
+    header.flags |= kFrameZstd;
   }
   header.stored_size = stored_size;
-  header.checksum = frame_checksum(header, stored, stored_size);
+  header.checksum = frame_checksum(header, kj::arrayPtr(stored, stored_size));
   std::lock_guard lock(mu_);
   TRY(sink_.write(&header, sizeof(header)));
   TRY(sink_.write(stored, stored_size));
@@ -291,22 +300,11 @@ Status RecordWriter::write_segments(RecordType type, capnp::MessageBuilder& mess
     segment_table_[i + 1] = static_cast<uint32_t>(segments[i].size());
     raw_size += segments[i].size() * sizeof(capnp::word);
   }
-  FrameHeader header;
-  header.type = static_cast<uint16_t>(type);
-  header.major = static_cast<uint8_t>(format_major());
-  header.minor = static_cast<uint8_t>(format_minor());
-  header.raw_size = raw_size;
-  if (type == RecordType::MEMORY_FILE) header.flags |= kFrameRequired;
+  FrameHeader header = record_header(type, raw_size);
   header.stored_size = raw_size;
-  XXH3_state_t* state = XXH3_createState();
-  XXH3_64bits_reset(state);
-  XXH3_64bits_update(state, &header, offsetof(FrameHeader, checksum));
-  XXH3_64bits_update(state, segment_table_.data(), table_words * sizeof(capnp::word));
-  for (const auto& segment : segments) {
-    XXH3_64bits_update(state, segment.begin(), segment.size() * sizeof(capnp::word));
-  }
-  header.checksum = XXH3_64bits_digest(state);
-  XXH3_freeState(state);
+  kj::ArrayPtr<const kj::byte> table(reinterpret_cast<const kj::byte*>(segment_table_.data()),
+                                     table_words * sizeof(capnp::word));
+  header.checksum = frame_checksum(header, table, segments);
   TRY(sink_.write(&header, sizeof(header)));
   TRY(sink_.write(segment_table_.data(), table_words * sizeof(capnp::word)));
   for (const auto& segment : segments) {
@@ -400,7 +398,7 @@ Result<std::optional<Record>> RecordReader::next() {
   // which is where malformed data must be caught too (a checksum is no defence against a bug in
   // the writer or against a crafted file).
 #ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
-  if (frame_checksum(header, target, header.stored_size) != header.checksum) {
+  if (frame_checksum(header, kj::arrayPtr(target, header.stored_size)) != header.checksum) {
 #else
   if (false) {
 #endif

@@ -158,6 +158,14 @@ static void timer_handler(uint8_t vector) {
   rt_lapic_write(RT_LAPIC_EOI, 0);
 }
 
+/* Sets what timer_start_ring0 programs (and the handler re-arms). */
+static void timer_configure(enum timer_mode mode, int rearm, uint64_t period_us) {
+  timer.mode = mode;
+  timer.rearm = rearm;
+  timer.period_ns = period_us * 1000;
+  timer.period_tsc = period_us * tsc_per_ms / 1000;
+}
+
 static uint64_t timer_start_ring0(uint64_t unused) {
   (void)unused;
   timer.ticks = 0;
@@ -191,10 +199,7 @@ static uint64_t timer_stop_ring0(uint64_t unused) {
 }
 
 static uint64_t timer_start(enum timer_mode mode, int rearm, uint64_t period_us) {
-  timer.mode = mode;
-  timer.rearm = rearm;
-  timer.period_ns = period_us * 1000;
-  timer.period_tsc = period_us * tsc_per_ms / 1000;
+  timer_configure(mode, rearm, period_us);
   return rt_ring0_call(timer_start_ring0, 0);
 }
 static void timer_stop(void) {
@@ -382,9 +387,7 @@ static int await_delivery(uint8_t vector, unsigned target) {
 }
 
 static void start_watchdog(void) {
-  timer.mode = TIMER_PERIODIC;
-  timer.rearm = 1;
-  timer.period_ns = WATCHDOG_TICK_US * 1000ull;
+  timer_configure(TIMER_PERIODIC, 1, WATCHDOG_TICK_US);
   timer_start_ring0(0);
 }
 
@@ -430,10 +433,7 @@ static void hold_here(void) {
   char isr_text[64], irr_text[64];
   format_vectors(&isr, isr_text, sizeof(isr_text));
   format_vectors(&irr, irr_text, sizeof(irr_text));
-  timer.mode = nest.hold_timer;
-  timer.rearm = 1;
-  timer.period_ns = nest.hold_tick_us * 1000;
-  timer.period_tsc = nest.hold_tick_us * tsc_per_ms / 1000;
+  timer_configure(nest.hold_timer, 1, nest.hold_tick_us);
   uint64_t start = timer_start_ring0(0);
   rt_printf("HOLD mode=%s isr=[%s] irr=[%s] tpr=%#x ppr=%#x timer=%s tick_us=%lu\n", mode_name(),
             isr_text, irr_text, tpr_get(TPR_REGISTER), rt_lapic_read(RT_LAPIC_PPR) & 0xff,

@@ -44,8 +44,8 @@ class Console {
 
 TEST(DirtyRing, AGuestDirtyingFarFasterThanTheRingHoldsLosesNoPage) {
   if (!testing::host_has_dirty_ring()) GTEST_SKIP() << "this host's KVM has no dirty ring";
-  // The region is twice what the ring holds: every lap fills it about twice.
-  constexpr uint64_t kRegion = 16ull << 20, kRegionMiB = 32;
+  // The dirtier's region (at 16 MiB) is twice what the ring holds: every lap fills it twice.
+  constexpr uint64_t kRegionBase = 16ull << 20, kRegionMiB = 32;
   Console console;
   VmConfig config;
   config.memory_size = 64ull << 20;
@@ -78,7 +78,8 @@ TEST(DirtyRing, AGuestDirtyingFarFasterThanTheRingHoldsLosesNoPage) {
   uint64_t missing = 0, outside = 0;
   for (uint64_t page = 0; page < vm.memory().regions()[0].size / kPageSize; ++page) {
     bool dirty = (bitmaps[0][page / 64] >> (page % 64)) & 1;
-    bool in_region = page * kPageSize >= kRegion && page * kPageSize < kRegion + (kRegionMiB << 20);
+    bool in_region =
+        page * kPageSize >= kRegionBase && page * kPageSize < kRegionBase + (kRegionMiB << 20);
     if (in_region && !dirty) ++missing;
     if (!in_region && dirty) ++outside;
   }

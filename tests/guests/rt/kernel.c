@@ -3,14 +3,8 @@
 #include "rt.h"
 
 #define LAPIC_BASE 0xfee00000ul
-#define LAPIC_ID RT_LAPIC_ID
-#define LAPIC_EOI RT_LAPIC_EOI
-#define LAPIC_SVR RT_LAPIC_SVR
 #define LAPIC_ICR_LOW 0x300
 #define LAPIC_ICR_HIGH 0x310
-#define LAPIC_LVT_TIMER RT_LAPIC_LVT_TIMER
-#define LAPIC_TIMER_INITIAL RT_LAPIC_TIMER_INITIAL
-#define LAPIC_TIMER_DIVIDE RT_LAPIC_TIMER_DIVIDE
 #define MSR_X2APIC_FIRST 0x800
 #define MSR_X2APIC_ICR 0x830
 #define APIC_BASE_EXTD (1u << 10)
@@ -80,8 +74,6 @@ void rt_lapic_write(uint32_t reg, uint32_t v) {
   }
   *(volatile uint32_t*)(LAPIC_BASE + reg) = v;
 }
-#define lapic_read rt_lapic_read
-#define lapic_write rt_lapic_write
 
 void rt_lapic_self_ipi(uint8_t vector) {
   /* Destination shorthand "self" (bits 19:18 = 01), fixed delivery, edge. */
@@ -89,7 +81,7 @@ void rt_lapic_self_ipi(uint8_t vector) {
   if (rt_x2apic)
     rt_wrmsr(MSR_X2APIC_ICR, low);
   else
-    lapic_write(LAPIC_ICR_LOW, low);
+    rt_lapic_write(LAPIC_ICR_LOW, low);
 }
 
 int rt_x2apic_enable(void) {
@@ -177,7 +169,7 @@ static void read_boot_info(uint32_t magic, uint32_t info) {
 
 /* The MP floating pointer lives in the BIOS area; its configuration table lists the CPUs. */
 static void mp_scan(void) {
-  rt_apic_ids[0] = (uint8_t)(lapic_read(LAPIC_ID) >> 24);
+  rt_apic_ids[0] = (uint8_t)(rt_lapic_read(RT_LAPIC_ID) >> 24);
   for (uint64_t p = 0xf0000; p < 0x100000; p += 16) {
     const uint8_t* fp = (const uint8_t*)p;
     if (fp[0] != '_' || fp[1] != 'M' || fp[2] != 'P' || fp[3] != '_') continue;
@@ -203,22 +195,22 @@ static void start_aps(void) {
   if (rt_x2apic) return; /* the INIT/SIPI sequence below is the xAPIC one; no program needs both */
   memcpy((void*)AP_TRAMPOLINE, rt_trampoline_start,
          (size_t)(rt_trampoline_end - rt_trampoline_start));
-  uint8_t self = (uint8_t)(lapic_read(LAPIC_ID) >> 24);
+  uint8_t self = (uint8_t)(rt_lapic_read(RT_LAPIC_ID) >> 24);
   for (unsigned i = 0; i < rt_ncpus; ++i) {
     if (rt_apic_ids[i] == self) continue;
-    lapic_write(LAPIC_ICR_HIGH, (uint32_t)rt_apic_ids[i] << 24);
-    lapic_write(LAPIC_ICR_LOW, 0x4500); /* INIT, assert */
-    lapic_write(LAPIC_ICR_HIGH, (uint32_t)rt_apic_ids[i] << 24);
-    lapic_write(LAPIC_ICR_LOW, 0x4600 | (AP_TRAMPOLINE >> 12)); /* STARTUP */
+    rt_lapic_write(LAPIC_ICR_HIGH, (uint32_t)rt_apic_ids[i] << 24);
+    rt_lapic_write(LAPIC_ICR_LOW, 0x4500); /* INIT, assert */
+    rt_lapic_write(LAPIC_ICR_HIGH, (uint32_t)rt_apic_ids[i] << 24);
+    rt_lapic_write(LAPIC_ICR_LOW, 0x4600 | (AP_TRAMPOLINE >> 12)); /* STARTUP */
   }
 }
 
 static void set_timer(uint64_t period_us) {
-  lapic_write(LAPIC_TIMER_DIVIDE, 0xb); /* divide by 1 */
-  lapic_write(LAPIC_LVT_TIMER, RT_VECTOR_TIMER | LAPIC_TIMER_PERIODIC);
+  rt_lapic_write(RT_LAPIC_TIMER_DIVIDE, 0xb); /* divide by 1 */
+  rt_lapic_write(RT_LAPIC_LVT_TIMER, RT_VECTOR_TIMER | LAPIC_TIMER_PERIODIC);
   uint64_t count = period_us * (LAPIC_TIMER_HZ / 1000000);
   if (count > 0xffffffffull) count = 0xffffffffull;
-  lapic_write(LAPIC_TIMER_INITIAL, (uint32_t)count);
+  rt_lapic_write(RT_LAPIC_TIMER_INITIAL, (uint32_t)count);
 }
 
 static const char* const exception_names[32] = {
@@ -231,7 +223,7 @@ void rt_isr_dispatch(struct frame* f) {
     rt_vector_handlers[vector]((uint8_t)vector);
   } else if (vector == RT_VECTOR_TIMER) {
     ++rt_ticks;
-    lapic_write(LAPIC_EOI, 0);
+    rt_lapic_write(RT_LAPIC_EOI, 0);
   } else if (vector == 6 && (f->cs & 3) == 3 && *(const uint16_t*)f->rip == 0x0b0f) {
     f->rip += 2; /* a syscall (ud2 from ring 3, see rt.h) */
     switch (f->rax) {
@@ -259,17 +251,14 @@ void rt_isr_dispatch(struct frame* f) {
       case RT_SYS_TPR_STORM: {
         /* The task priority as an OS raises and lowers it around critical sections: CR8 is its
          * architectural alias (TPR[7:4]). Values 0 and 1 mask no vector the runtime uses. */
-        uint64_t lo, hi;
-        __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-        uint64_t start = hi << 32 | lo;
+        uint64_t start = rt_rdtsc();
         for (uint64_t i = 0; i < f->rdi; ++i) {
           uint64_t v = i & 1;
           __asm__ volatile("mov %0, %%cr8" ::"r"(v) : "memory");
         }
         uint64_t zero = 0;
         __asm__ volatile("mov %0, %%cr8" ::"r"(zero) : "memory");
-        __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
-        f->rax = (hi << 32 | lo) - start;
+        f->rax = rt_rdtsc() - start;
         break;
       }
       case RT_SYS_RING0_CALL:
@@ -295,7 +284,7 @@ void rt_isr_dispatch(struct frame* f) {
     rt_exit(99);
   } else {
     rt_printf("unexpected interrupt vector %lu\n", vector);
-    lapic_write(LAPIC_EOI, 0);
+    rt_lapic_write(RT_LAPIC_EOI, 0);
   }
 }
 
@@ -310,14 +299,14 @@ void kernel_main(uint32_t magic, uint32_t info) {
   idt_init();
   load_idt();
   tss_init(0);
-  lapic_write(LAPIC_SVR, 0x100 | RT_VECTOR_SPURIOUS);
+  rt_lapic_write(RT_LAPIC_SVR, 0x100 | RT_VECTOR_SPURIOUS);
   mp_scan();
   rt_enter_user(user_start, user_stack + sizeof(user_stack));
 }
 
 void ap_main(unsigned apic_id) {
   load_idt();
-  lapic_write(LAPIC_SVR, 0x100 | RT_VECTOR_SPURIOUS);
+  rt_lapic_write(RT_LAPIC_SVR, 0x100 | RT_VECTOR_SPURIOUS);
   rt_printf("CPU %u online (APIC ID %u)\n", apic_id, apic_id);
   __atomic_fetch_add(&rt_cpus_online, 1, __ATOMIC_SEQ_CST);
   for (;;) __asm__ volatile("sti; hlt" ::: "memory");
