@@ -16,6 +16,7 @@
 
 #include "base/path.h"
 #include "base/size.h"
+#include "proto/names.h"
 #include "proto/vmctl.grpc.pb.h"
 #include "state/host_report.h"
 
@@ -37,17 +38,6 @@ std::string to_json(const google::protobuf::Message& m) {
   (void)google::protobuf::util::MessageToJsonString(m, &out, options);
   return out;
 }
-
-}  // namespace
-
-std::string vm_state_name(v1::VmState s) {
-  std::string name = v1::VmState_Name(s);
-  if (name.rfind("VM_STATE_", 0) == 0) name = name.substr(9);
-  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return name.empty() ? "unknown" : name;
-}
-
-namespace {
 
 class Client {
  public:

@@ -58,10 +58,6 @@ struct DaemonCommands {
   CLI::App* host_check;
 };
 
-// "running" for VM_STATE_RUNNING: the enum's own name, as operators read it (vmctld's messages
-// use it too).
-std::string vm_state_name(::vmctl::v1::VmState state);
-
 // Adds --host and --tls-* to `app` and the daemon-only verbs.
 DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& options);
 // Runs the parsed daemon verb; returns the exit code.

@@ -1,105 +1,15 @@
 #include "cli/run_command.h"
 
-#include <pthread.h>
-#include <signal.h>
-#include <time.h>
-
-#include <atomic>
 #include <cstdio>
-#include <thread>
 
 #include <fmt/format.h>
 
 #include "base/size.h"
-#include "cli/console.h"
-#include "cli/control.h"
 #include "vmm/vm.h"
+#include "vmprocess/console.h"
+#include "vmprocess/session.h"
 
 namespace vmctl::cli {
-
-namespace {
-
-// Counters worth an operator's glance, in the order shown; the rest of KVM's stats are noise here.
-constexpr const char* kShownStats[] = {
-    "exits",
-    "io_exits",
-    "mmio_exits",
-    "halt_exits",
-    "irq_exits",
-    "irq_window_exits",
-    "nmi_window_exits",
-    "signal_exits",
-    "request_irq_exits",
-    "insn_emulation",
-    "insn_emulation_fail",
-    "irq_injections",
-    "halt_wakeup",
-};
-
-void print_stats(const vmm::Vm& vm) {
-  Result<std::vector<vmm::VcpuStats>> stats = vm.exit_stats();
-  if (!stats.ok()) {
-    std::fprintf(stderr, "vmctl: exit statistics unavailable: %s\n",
-                 stats.error().message().c_str());
-    return;
-  }
-  if (stats->empty()) {
-    std::fprintf(stderr,
-                 "vmctl: exit statistics unavailable: this host's KVM has no binary stats fd\n");
-    return;
-  }
-  std::string header = fmt::format("{:<22}", "exit statistic");
-  for (const auto& s : *stats) header += fmt::format(" {:>14}", fmt::format("vcpu{}", s.vcpu));
-  std::fprintf(stderr, "%s\n", header.c_str());
-  for (const char* name : kShownStats) {
-    std::string row = fmt::format("{:<22}", name);
-    bool found = false;
-    for (const auto& s : *stats) {
-      for (const auto& v : s.values) {
-        if (v.name == name) {
-          row += fmt::format(" {:>14}", v.value);
-          found = true;
-        }
-      }
-    }
-    if (found) std::fprintf(stderr, "%s\n", row.c_str());
-  }
-}
-
-// Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and stops the VM on the first one.
-class SignalWatcher {
- public:
-  explicit SignalWatcher(vmm::Vm& vm) : vm_(vm) {
-    thread_ = std::thread([this] { run(); });
-  }
-  ~SignalWatcher() {
-    done_ = true;
-    thread_.join();
-  }
-
- private:
-  void run() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
-    timespec tick{0, 100 * 1000 * 1000};
-    while (!done_) {
-      int sig = sigtimedwait(&set, nullptr, &tick);
-      if (sig > 0) {
-        if (!vm_.ended())
-          std::fprintf(stderr, "\nvmctl: %s received, stopping the VM\n", strsignal(sig));
-        vm_.stop();
-      }
-    }
-  }
-  vmm::Vm& vm_;
-  std::atomic<bool> done_{false};
-  std::thread thread_;
-};
-
-}  // namespace
 
 CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   CLI::App* run =
@@ -141,15 +51,6 @@ void add_dirty_tracking_options(CLI::App* command, std::string& mode, uint32_t& 
                       "Ring entries per vCPU, a power of two (default 4096)");
 }
 
-void block_stop_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-}
-
 int run_vm(const RunOptions& o) {
   Result<uint64_t> memory = parse_size(o.memory);
   if (!memory.ok()) {
@@ -157,7 +58,7 @@ int run_vm(const RunOptions& o) {
     return 2;
   }
   if (!o.console_log.empty()) {
-    Status redirected = redirect_console(o.console_log);
+    Status redirected = vmprocess::redirect_console(o.console_log);
     if (!redirected.ok()) {
       std::fprintf(stderr, "vmctl: %s\n", redirected.error().message().c_str());
       return redirected.error().exit_code();
@@ -170,7 +71,7 @@ int run_vm(const RunOptions& o) {
   if (!o.initrd.empty()) config.boot.initrd_path = o.initrd;
   config.boot.cmdline = o.cmdline;
   config.boot.num_cpus = o.cpus;
-  config.console_output = write_stdout;
+  config.console_output = vmprocess::write_stdout;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
   if (!tracking.ok()) {
     std::fprintf(stderr, "vmctl: %s\n", tracking.error().message().c_str());
@@ -179,7 +80,7 @@ int run_vm(const RunOptions& o) {
   config.dirty_tracking = *tracking;
   config.dirty_ring_entries = o.dirty_ring_entries;
 
-  block_stop_signals();
+  vmprocess::block_stop_signals();
   Result<std::unique_ptr<vmm::Vm>> created = vmm::Vm::create(config);
   if (!created.ok()) {
     std::fprintf(stderr, "vmctl: %s\n", created.error().message().c_str());
@@ -192,37 +93,7 @@ int run_vm(const RunOptions& o) {
                  vmm::boot::image_kind_name(vm.boot_entry().kind), format_size(*memory).c_str(),
                  o.cpus, o.cpus == 1 ? "" : "s");
   }
-  return run_session(vm, SessionOptions{o.stats, o.quiet, false, o.control});
-}
-
-int run_session(vmm::Vm& vm, const SessionOptions& o) {
-  std::unique_ptr<ControlServer> control;
-  if (!o.control.empty()) {
-    Result<std::unique_ptr<ControlServer>> server =
-        ControlServer::start(vm, o.control, o.start_paused);
-    if (!server.ok()) {
-      std::fprintf(stderr, "vmctl: %s\n", server.error().message().c_str());
-      return server.error().exit_code();
-    }
-    control = std::move(server).value();
-  }
-  vmm::VmExit exit;
-  {
-    TerminalMode terminal;
-    SignalWatcher signals(vm);
-    StdinPump input([&vm](const uint8_t* data, size_t len) { vm.console_input(data, len); });
-    if (o.start_paused) vm.pause();
-    vm.start();
-    exit = vm.wait();
-  }
-  control.reset();
-  if (o.stats) print_stats(vm);
-  if (exit.kind == vmm::VmExit::Kind::kError) {
-    std::fprintf(stderr, "vmctl: %s\n", exit.message.c_str());
-  } else if (!o.quiet) {
-    std::fprintf(stderr, "vmctl: %s\n", exit.describe().c_str());
-  }
-  return exit.exit_code();
+  return vmprocess::run_session(vm, vmprocess::SessionOptions{o.stats, o.quiet, false, o.control});
 }
 
 }  // namespace vmctl::cli

@@ -32,17 +32,4 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& options);
 // Runs the VM to its end; returns the process exit code.
 int run_vm(const RunOptions& options);
 
-// What `run` and `restore` share once a VM exists: terminal, signals, stdin, the control socket,
-// running to the end and reporting the outcome.
-struct SessionOptions {
-  bool stats = false;
-  bool quiet = false;
-  bool start_paused = false;
-  std::string control;
-};
-int run_session(vmm::Vm& vm, const SessionOptions& options);
-
-// Blocks SIGINT/SIGTERM/SIGHUP in this and every later thread (the session's watcher takes them).
-void block_stop_signals();
-
 }  // namespace vmctl::cli

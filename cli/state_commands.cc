@@ -9,11 +9,13 @@
 
 #include "base/path.h"
 #include "base/size.h"
-#include "cli/console.h"
-#include "cli/control.h"
 #include "cli/run_command.h"
 #include "state/inspect.h"
 #include "state/vm_state.h"
+#include "vmprocess/console.h"
+#include "vmprocess/control_client.h"
+#include "vmprocess/migration_receiver.h"
+#include "vmprocess/session.h"
 
 namespace vmctl::cli {
 namespace {
@@ -119,43 +121,13 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
 }
 
 int receive_command(const StateOptions& o) {
-  block_stop_signals();
-  if (!o.console_log.empty()) {
-    Status redirected = redirect_console(o.console_log);
-    if (!redirected.ok()) return fail(redirected.error());
-  }
-  // The verdict goes back on the stream's descriptor: one line, RESTORED or FAILED.
-  int verdict_fd = ::dup(o.stream_fd);
-  auto verdict = [&](const std::string& line) {
-    std::string text = line + "\n";
-    if (::write(verdict_fd, text.data(), text.size()) < 0) {
-      // The daemon is gone; the VM's fate is decided by what follows (the session, or exit).
-    }
-  };
-  std::unique_ptr<state::FileSource> source =
-      state::FileSource::adopt(Fd(o.stream_fd), "migration stream");
-  state::RecordReader reader(*source, "migration stream");
-  state::RestoreOptions options;
-  options.console_output = write_stdout;
-  Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
-  if (!tracking.ok()) return fail(tracking.error());
-  options.dirty_tracking = *tracking;
+  vmprocess::ReceiveOptions options;
+  options.stream_fd = o.stream_fd;
+  options.control = o.control;
+  options.console_log = o.console_log;
+  options.dirty_tracking = o.dirty_tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
-  auto start = std::chrono::steady_clock::now();
-  Result<std::unique_ptr<vmm::Vm>> vm = state::restore_vm(reader, options);
-  if (!vm.ok()) {
-    verdict("FAILED " + vm.error().message());
-    ::close(verdict_fd);
-    return fail(vm.error());
-  }
-  double ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  // The session starts the vCPUs right after the verdict: acknowledged, then resumed.
-  verdict(fmt::format("RESTORED {:.3f}", ms));
-  ::close(verdict_fd);
-  std::fprintf(stderr, "vmctl: received the VM (%s, %u vCPUs); it runs here now\n",
-               format_size((*vm)->memory().ram_size()).c_str(), (*vm)->num_cpus());
-  return run_session(**vm, SessionOptions{false, false, false, o.control});
+  return vmprocess::receive_migration(options);
 }
 
 int snapshot_command(StateOptions& o) {
@@ -174,7 +146,7 @@ int snapshot_command(StateOptions& o) {
   // The VM process writes the files: give it absolute paths.
   request["path"] = absolute_path(o.file);
   if (!o.memory_file.empty()) request["memory_file"] = absolute_path(o.memory_file);
-  Result<nlohmann::json> answer = control_request(o.control, request);
+  Result<nlohmann::json> answer = vmprocess::control_request(o.control, request);
   if (!answer.ok()) return fail(answer.error());
   const nlohmann::json& a = *answer;
   if (o.json) {
@@ -192,11 +164,11 @@ int snapshot_command(StateOptions& o) {
 }
 
 int restore_command(const StateOptions& o) {
-  block_stop_signals();
+  vmprocess::block_stop_signals();
   state::RestoreOptions options;
-  options.console_output = write_stdout;
+  options.console_output = vmprocess::write_stdout;
   if (!o.console_log.empty()) {
-    Status redirected = redirect_console(o.console_log);
+    Status redirected = vmprocess::redirect_console(o.console_log);
     if (!redirected.ok()) return fail(redirected.error());
   }
   options.lazy = o.lazy;
@@ -218,7 +190,8 @@ int restore_command(const StateOptions& o) {
                  info.vcpus == 1 ? "" : "s", seconds,
                  o.paused ? ", paused until `vmctl resume`" : "");
   }
-  return run_session(**vm, SessionOptions{o.stats, o.quiet, o.paused, o.control});
+  return vmprocess::run_session(**vm,
+                                vmprocess::SessionOptions{o.stats, o.quiet, o.paused, o.control});
 }
 
 int inspect_command(const StateOptions& o) {
@@ -236,7 +209,8 @@ int inspect_command(const StateOptions& o) {
 }
 
 int pause_resume_command(const StateOptions& o, bool pause) {
-  Result<nlohmann::json> answer = control_request(o.control, {{"op", pause ? "pause" : "resume"}});
+  Result<nlohmann::json> answer =
+      vmprocess::control_request(o.control, {{"op", pause ? "pause" : "resume"}});
   if (!answer.ok()) return fail(answer.error());
   return 0;
 }

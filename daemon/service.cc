@@ -14,10 +14,10 @@
 #include <spdlog/spdlog.h>
 
 #include "base/fd.h"
-#include "cli/control.h"
 #include "state/host_report.h"
 #include "state/stream.h"
 #include "vmm/dirty_pages.h"
+#include "vmprocess/control_client.h"
 
 namespace vmctl::daemon {
 namespace {
@@ -220,7 +220,7 @@ grpc::Status VmctlService::Migrate(grpc::ServerContext* context, const v1::Migra
   (void)manager_.set_state(r->name(), v1::VM_STATE_MIGRATING);
   spdlog::info("VM {}: migrating to {}", r->name(), r->destination());
   nlohmann::json last;
-  Status streamed = cli::control_stream(*socket, request, [&](const nlohmann::json& line) {
+  Status streamed = vmprocess::control_stream(*socket, request, [&](const nlohmann::json& line) {
     last = line;
     v1::MigrationProgress p;
     fill_progress(line, &p);
@@ -258,7 +258,7 @@ grpc::Status VmctlService::CancelMigration(grpc::ServerContext*, const v1::VmRef
   }
   Result<std::string> socket = manager_.control_socket(r->name());
   if (!socket.ok()) return to_grpc(socket.error());
-  Result<nlohmann::json> answer = cli::control_request(*socket, {{"op", "cancel_migration"}});
+  Result<nlohmann::json> answer = vmprocess::control_request(*socket, {{"op", "cancel_migration"}});
   if (!answer.ok()) return to_grpc(answer.error());
   return reply(manager_.get(r->name()), out);
 }

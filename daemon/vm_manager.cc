@@ -17,9 +17,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "cli/control.h"
-#include "cli/daemon_commands.h"
 #include "vmm/dirty_pages.h"
+#include "vmprocess/control_client.h"
 
 extern char** environ;
 
@@ -224,7 +223,7 @@ Status VmManager::load() {
       // Adopt the VM if its process is still there and answers on its control socket.
       bool alive = e->pid > 0 && ::kill(e->pid, 0) == 0;
       Result<nlohmann::json> status =
-          alive ? cli::control_request(socket_path(name), {{"op", "status"}})
+          alive ? vmprocess::control_request(socket_path(name), {{"op", "status"}})
                 : Result<nlohmann::json>(Error::user("no process"));
       if (status.ok() && status->value("pid", 0) == e->pid) {
         e->state = status->value("paused", false) ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
@@ -371,7 +370,7 @@ void VmManager::watch_adopted(std::string name, pid_t pid) {
 }
 
 Result<nlohmann::json> VmManager::control(const std::string& name, const nlohmann::json& request) {
-  return cli::control_request(socket_path(name), request);
+  return vmprocess::control_request(socket_path(name), request);
 }
 
 Status VmManager::wait_until_ready(const std::string& name, pid_t pid) {

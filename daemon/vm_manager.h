@@ -20,7 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
-#include "cli/daemon_commands.h"
+#include "proto/names.h"
 #include "proto/vmctl.pb.h"
 
 namespace vmctl::daemon {
@@ -123,6 +123,5 @@ class VmManager {
 
 // [A-Za-z0-9_.-], 1 to 64 characters, not starting with a dot.
 Status validate_vm_name(const std::string& name);
-using cli::vm_state_name;
 
 }  // namespace vmctl::daemon

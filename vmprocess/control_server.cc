@@ -1,4 +1,4 @@
-#include "cli/control.h"
+#include "vmprocess/control_server.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -21,7 +21,7 @@
 #include "state/host_report.h"
 #include "state/vm_state.h"
 
-namespace vmctl::cli {
+namespace vmctl::vmprocess {
 namespace {
 
 Result<sockaddr_un> unix_address(const std::string& path) {
@@ -308,49 +308,4 @@ nlohmann::json ControlServer::handle(const nlohmann::json& request) {
   return {{"ok", false}, {"error", fmt::format("unknown control operation '{}'", op)}};
 }
 
-Status control_stream(const std::string& path, const nlohmann::json& request,
-                      const std::function<void(const nlohmann::json&)>& on_line) {
-  sockaddr_un addr = TRY(unix_address(path));
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Error::from_errno("creating a socket", errno);
-  Fd conn(fd);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return Error::user(
-        fmt::format("cannot reach the VM's control socket {}: {}", path, std::strerror(errno)));
-  }
-  TRY(write_all(fd, request.dump() + "\n"));
-  while (true) {
-    std::string line = TRY(read_line(fd));
-    if (line.empty()) return ok_status();  // the VM closed the stream
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-      return Error::failure(fmt::format("the VM at {} sent a malformed line", path));
-    }
-    if (j.contains("ok") && !j.value("ok", false)) {
-      return Error::user(j.value("error", "request failed"));
-    }
-    on_line(j);
-  }
-}
-
-Result<nlohmann::json> control_request(const std::string& path, const nlohmann::json& request) {
-  sockaddr_un addr = TRY(unix_address(path));
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return Error::from_errno("creating a socket", errno);
-  Fd conn(fd);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return Error::user(fmt::format(
-        "cannot reach the VM's control socket {}: {} (is `vmctl run --control {}` running?)", path,
-        std::strerror(errno), path));
-  }
-  TRY(write_all(fd, request.dump() + "\n"));
-  std::string line = TRY(read_line(fd));
-  nlohmann::json answer = nlohmann::json::parse(line, nullptr, false);
-  if (answer.is_discarded() || !answer.is_object()) {
-    return Error::failure(fmt::format("the VM at {} sent a malformed answer", path));
-  }
-  if (!answer.value("ok", false)) return Error::user(answer.value("error", "request failed"));
-  return answer;
-}
-
-}  // namespace vmctl::cli
+}  // namespace vmctl::vmprocess

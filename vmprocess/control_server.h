@@ -10,7 +10,6 @@
 #pragma once
 
 #include <atomic>
-#include <functional>
 #include <string>
 #include <thread>
 
@@ -22,7 +21,7 @@
 #include "state/dirty_tracker.h"
 #include "vmm/vm.h"
 
-namespace vmctl::cli {
+namespace vmctl::vmprocess {
 
 class ControlServer {
  public:
@@ -54,13 +53,4 @@ class ControlServer {
   std::atomic<bool> cancel_migration_{false};
 };
 
-// Sends one request to the control socket at `path` and returns the parsed answer (an error if the
-// socket is unreachable or the answer says ok=false).
-Result<nlohmann::json> control_request(const std::string& path, const nlohmann::json& request);
-
-// Sends one request and passes every answer line to `on_line` until the VM closes the
-// connection (the migrate operation's progress). An {"ok":false} line ends it with that error.
-Status control_stream(const std::string& path, const nlohmann::json& request,
-                      const std::function<void(const nlohmann::json&)>& on_line);
-
-}  // namespace vmctl::cli
+}  // namespace vmctl::vmprocess

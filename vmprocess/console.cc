@@ -1,4 +1,4 @@
-#include "cli/console.h"
+#include "vmprocess/console.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-namespace vmctl::cli {
+namespace vmctl::vmprocess {
 
 TerminalMode::TerminalMode() {
   if (!isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_) != 0) return;
@@ -82,4 +82,4 @@ void write_stdout(const uint8_t* data, size_t len) {
   }
 }
 
-}  // namespace vmctl::cli
+}  // namespace vmctl::vmprocess

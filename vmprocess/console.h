@@ -11,7 +11,7 @@
 #include "base/error.h"
 #include "base/fd.h"
 
-namespace vmctl::cli {
+namespace vmctl::vmprocess {
 
 // Restores the terminal's settings when destroyed.
 class TerminalMode {
@@ -49,4 +49,4 @@ Status redirect_console(const std::string& path);
 // Writes all of a buffer to stdout, retrying short writes.
 void write_stdout(const uint8_t* data, size_t len);
 
-}  // namespace vmctl::cli
+}  // namespace vmctl::vmprocess

@@ -1,0 +1,24 @@
+// The life of a VM process once its VM exists (`vmctl run`, `restore`, `receive`): terminal,
+// signals, stdin, the control socket, running to the end and reporting the outcome.
+#pragma once
+
+#include <string>
+
+#include "vmm/vm.h"
+
+namespace vmctl::vmprocess {
+
+// What `run` and `restore` share once a VM exists: terminal, signals, stdin, the control socket,
+// running to the end and reporting the outcome.
+struct SessionOptions {
+  bool stats = false;
+  bool quiet = false;
+  bool start_paused = false;
+  std::string control;
+};
+int run_session(vmm::Vm& vm, const SessionOptions& options);
+
+// Blocks SIGINT/SIGTERM/SIGHUP in this and every later thread (the session's watcher takes them).
+void block_stop_signals();
+
+}  // namespace vmctl::vmprocess
