@@ -148,7 +148,32 @@ void draw_progress(const v1::MigrationProgress& p, uint64_t total_hint) {
       p.throttle_percent() ? fmt::format(", throttle {}%", p.throttle_percent()).c_str() : "");
 }
 
+int recover_command(DaemonOptions& o) {
+  Result<Client> client = Client::connect(o);
+  if (!client.ok()) return connect_failed(client.error());
+  grpc::ClientContext context;
+  v1::VmRef ref;
+  ref.set_name(o.name);
+  v1::VmInfo info;
+  grpc::Status status = client->stub().RecoverMigration(&context, ref, &info);
+  if (!status.ok()) return client->fail(status);
+  if (o.json) {
+    print_info(info, true);
+  } else {
+    std::printf("%s: %s%s\n", o.name.c_str(), vm_state_name(info.state()).c_str(),
+                info.state() == v1::VM_STATE_MIGRATED
+                    ? (" (it runs on " + info.migrated_to() + ")").c_str()
+                    : " (it runs here)");
+  }
+  return 0;
+}
+
 int migrate_command(DaemonOptions& o) {
+  if (o.recover) return recover_command(o);
+  if (o.destination.empty()) {
+    std::fprintf(stderr, "vmctl: migrate needs --to DESTINATION (or --recover)\n");
+    return 2;
+  }
   Result<Client> client = Client::connect(o);
   if (!client.ok()) return connect_failed(client.error());
   uint64_t memory = 0;
@@ -171,6 +196,7 @@ int migrate_command(DaemonOptions& o) {
   request.set_compression(o.migrate_compression);
   request.set_policy(o.auto_converge ? v1::CONVERGENCE_AUTO_CONVERGE : v1::CONVERGENCE_GIVE_UP);
   request.set_dirty_tracking(o.dirty_tracking);
+  request.set_stall_timeout_seconds(o.stall_timeout_seconds);
   std::unique_ptr<grpc::ClientReader<v1::MigrationProgress>> reader =
       client->stub().Migrate(&context, request);
   bool tty = isatty(STDERR_FILENO) && !o.json;
@@ -191,10 +217,10 @@ int migrate_command(DaemonOptions& o) {
     const v1::DowntimeBreakdown& d = last.downtime();
     std::printf(
         "migrated %s to %s in %.2f s: %u rounds, %s sent; downtime %.1f ms (pause to last page "
-        "%.1f, device state %.1f, restore and resume %.1f)\n",
+        "%.1f, device state %.1f, destination restore %.1f, switchover %.1f)\n",
         o.name.c_str(), o.destination.c_str(), last.elapsed_seconds(), last.round() + 1,
         format_size(last.bytes_sent()).c_str(), d.total_ms(), d.pause_to_last_page_ms(),
-        d.last_page_to_state_ms(), d.state_to_resumed_ms());
+        d.last_page_to_state_ms(), d.state_to_ready_ms(), d.switchover_ms());
   }
   return 0;
 }
@@ -350,8 +376,16 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
 
   c.migrate = app.add_subcommand("migrate", "Live-migrate a running VM to another vmctld");
   c.migrate->add_option("name", o.name, "VM name")->required();
-  c.migrate->add_option("--to", o.destination, "Destination vmctld: unix:/path or HOST:PORT")
-      ->required();
+  c.migrate->add_option("--to", o.destination, "Destination vmctld: unix:/path or HOST:PORT");
+  c.migrate->add_flag("--recover", o.recover,
+                      "Settle a VM left in doubt by a migration whose switchover lost its "
+                      "answer: ask the destination, then stop it here (it runs there) or resume "
+                      "it (it does not). vmctld also does this by itself.");
+  c.migrate
+      ->add_option("--stall-timeout", o.stall_timeout_seconds,
+                   "Seconds the destination may take no data before the migration gives up "
+                   "(the VM runs on here)")
+      ->capture_default_str();
   c.migrate->add_option("--as", o.destination_name, "The VM's name there (default: same)");
   c.migrate->add_option("--downtime-ms", o.downtime_ms, "Target downtime")->capture_default_str();
   c.migrate->add_option("--max-rounds", o.max_rounds, "Pre-copy rounds before the policy decides")
@@ -374,11 +408,17 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
   c.migrate->footer(
       "Pre-copy: all memory is sent while the guest runs, then the pages it dirtied, round after\n"
       "round, until the rest fits the downtime target; then the VM pauses, the last pages and\n"
-      "the device state go over, the destination resumes it and only then is it stopped here.\n"
-      "Any failure before that leaves the VM running here.\n\n"
+      "the device state go over and the destination restores it, paused. Then comes the\n"
+      "switchover: the destination resumes the VM and only then is it stopped here.\n"
+      "Any failure or `vmctl cancel` before the switchover leaves the VM running here. If the\n"
+      "answer to the switchover is lost (link cut, destination gone), the VM stays paused here as\n"
+      "migration_in_doubt until the two daemons settle it (vmctld retries by itself; --recover\n"
+      "asks now): it then runs exactly once, there or here. Exit codes: 0 migrated, 1 failed\n"
+      "(the VM runs here), 2 bad input.\n\n"
       "Example:\n"
       "  vmctl migrate web1 --to 10.0.0.2:7443 --downtime-ms 50 --tls-ca ca.pem \\\n"
-      "      --tls-cert client.pem --tls-key client.key");
+      "      --tls-cert client.pem --tls-key client.key\n"
+      "  vmctl migrate --recover web1");
 
   c.host_info = app.add_subcommand(
       "host-info", "What this host's KVM offers: capabilities, virtualization features, CPU");

@@ -38,6 +38,8 @@ struct DaemonOptions {
   unsigned downtime_ms = 30, max_rounds = 30, max_seconds = 120, streams = 1;
   int migrate_compression = 0;
   bool auto_converge = false;
+  bool recover = false;
+  unsigned stall_timeout_seconds = 15;
   // host-info / host-check
   bool from_daemon = false;
   std::vector<std::string> reports;

@@ -114,7 +114,10 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.receive->group("");  // hidden from --help: operators use `vmctl migrate`
   c.receive->add_option("--stream-fd", o.stream_fd, "Descriptor carrying the record stream")
       ->required();
-  c.receive->add_option("--control", o.control, "Listen on this unix socket");
+  c.receive->add_option("--control", o.control, "Listen on this unix socket")->required();
+  c.receive->add_option("--migration-id", o.migration_id, "The migration this VM arrives by")
+      ->required();
+  c.receive->add_flag("--paused", o.paused, "Stay paused after the switchover");
   c.receive->add_option("--console-log", o.console_log, "Append the guest's console here");
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
   return c;
@@ -123,6 +126,8 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
 int receive_command(const StateOptions& o) {
   vmprocess::ReceiveOptions options;
   options.stream_fd = o.stream_fd;
+  options.migration_id = o.migration_id;
+  options.stay_paused = o.paused;
   options.control = o.control;
   options.console_log = o.console_log;
   options.dirty_tracking = o.dirty_tracking;

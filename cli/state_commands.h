@@ -27,6 +27,7 @@ struct StateOptions {
   bool strict_tsc = false;
   std::string console_log;
   int stream_fd = -1;                   // receive: the migration stream's descriptor
+  std::string migration_id;             // receive
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
   uint32_t dirty_ring_entries = 0;
 };

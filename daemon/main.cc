@@ -98,8 +98,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vmctld: %s\n", manager.error().message().c_str());
     return manager.error().exit_code();
   }
-  daemon::VmctlService vmctl_service(**manager, tls);
-  daemon::MigrationReceiverService receiver(**manager);
+  Result<migrate::MigrationJournal> journal =
+      migrate::MigrationJournal::open(manager_options.state_dir + "/migrations");
+  if (!journal.ok()) {
+    std::fprintf(stderr, "vmctld: %s\n", journal.error().message().c_str());
+    return journal.error().exit_code();
+  }
+  daemon::IncomingMigrations incoming(**manager, *journal, daemon::IncomingLimits{});
+  daemon::OutgoingMigrations outgoing(**manager, *journal,
+                                      migrate::TlsConfig{tls.ca, tls.cert, tls.key});
+  (*manager)->set_exit_listener(
+      [&incoming](const std::string& vm, pid_t pid) { incoming.process_ended(vm, pid); });
+  // Migrations that were under way when the daemon last stopped: settle them before serving.
+  incoming.recover();
+  outgoing.recover();
+  journal->prune(7 * 24 * 3600 * 1000ll);
+  daemon::VmctlService vmctl_service(**manager, outgoing);
+  daemon::MigrationReceiverService receiver(incoming);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -153,6 +168,7 @@ int main(int argc, char** argv) {
   });
   server->Wait();
   stopper.join();
+  (*manager)->set_exit_listener(nullptr);
   ::unlink(socket.c_str());
   return 0;
 }

@@ -1,16 +1,15 @@
 // The gRPC services vmctld serves: Vmctl (what vmctl and orchestrators call) and
-// MigrationReceiver (what a source daemon's VM calls to send a VM here).
+// MigrationReceiver (what a source daemon and its VM process call to send a VM here). Thin: the
+// VM registry and the two sides of migration do the work.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
-#include <condition_variable>
-#include <map>
-#include <memory>
-#include <mutex>
 #include <string>
 
 #include "base/error.h"
+#include "daemon/incoming_migration.h"
+#include "daemon/outgoing_migration.h"
 #include "daemon/vm_manager.h"
 #include "proto/vmctl.grpc.pb.h"
 
@@ -28,7 +27,8 @@ grpc::Status to_grpc(const Error& error);
 
 class VmctlService final : public v1::Vmctl::Service {
  public:
-  VmctlService(VmManager& manager, TlsFiles tls) : manager_(manager), tls_(std::move(tls)) {}
+  VmctlService(VmManager& manager, OutgoingMigrations& outgoing)
+      : manager_(manager), outgoing_(outgoing) {}
 
   grpc::Status CreateVm(grpc::ServerContext*, const v1::CreateVmRequest*, v1::VmInfo*) override;
   grpc::Status StartVm(grpc::ServerContext*, const v1::VmRef*, v1::VmInfo*) override;
@@ -48,49 +48,35 @@ class VmctlService final : public v1::Vmctl::Service {
   grpc::Status Migrate(grpc::ServerContext*, const v1::MigrateRequest*,
                        grpc::ServerWriter<v1::MigrationProgress>*) override;
   grpc::Status CancelMigration(grpc::ServerContext*, const v1::VmRef*, v1::VmInfo*) override;
+  grpc::Status RecoverMigration(grpc::ServerContext*, const v1::VmRef*, v1::VmInfo*) override;
   grpc::Status GetHostInfo(grpc::ServerContext*, const v1::HostInfoRequest*,
                            v1::HostInfo*) override;
 
  private:
   VmManager& manager_;
-  TlsFiles tls_;
+  OutgoingMigrations& outgoing_;
 };
 
 class MigrationReceiverService final : public v1::MigrationReceiver::Service {
  public:
-  explicit MigrationReceiverService(VmManager& manager) : manager_(manager) {}
+  explicit MigrationReceiverService(IncomingMigrations& incoming) : incoming_(incoming) {}
+  grpc::Status Control(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationControl>* stream) override {
+    return incoming_.control(context, stream);
+  }
   grpc::Status Receive(
-      grpc::ServerContext*,
-      grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream) override;
-
-  // The chunks of a parallel migration, put back in order on their way to the VM process.
-  class Reassembly {
-   public:
-    explicit Reassembly(int fd) : fd_(fd) {}
-    // Takes chunk `sequence` and writes it, and every chunk after it that is already here, to
-    // the VM process in order. False once the stream is closed or the VM process is gone.
-    bool push(uint64_t sequence, std::string bytes);
-    void close();
-
-   private:
-    // 1 MiB chunks: the source queues at most 4 per stream, so this is far beyond any honest lag.
-    static constexpr size_t kMaxPendingChunks = 256;
-    std::mutex mu_;
-    int fd_;
-    uint64_t next_ = 0;
-    std::map<uint64_t, std::string> pending_;
-    bool closed_ = false;
-  };
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream) override {
+    return incoming_.receive(context, stream);
+  }
+  grpc::Status Resolve(grpc::ServerContext*, const v1::ResolveRequest* request,
+                       v1::ResolveResponse* response) override {
+    return incoming_.resolve(*request, response);
+  }
 
  private:
-  grpc::Status receive_secondary(
-      const v1::MigrationOffer& offer,
-      grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream);
-
-  VmManager& manager_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, std::shared_ptr<Reassembly>> parallel_;  // by migration id
+  IncomingMigrations& incoming_;
 };
 
 }  // namespace vmctl::daemon

@@ -33,8 +33,16 @@ int64_t now_unix_ms() {
       .count();
 }
 
+// A VM state with a process behind it.
 bool is_live(v1::VmState s) {
-  return s == v1::VM_STATE_RUNNING || s == v1::VM_STATE_PAUSED || s == v1::VM_STATE_MIGRATING;
+  return s == v1::VM_STATE_RUNNING || s == v1::VM_STATE_PAUSED || s == v1::VM_STATE_MIGRATING ||
+         s == v1::VM_STATE_MIGRATION_IN_DOUBT || s == v1::VM_STATE_RECEIVING;
+}
+
+// A migration's states: the VM process holds a migration that only the migration code settles.
+bool in_migration(v1::VmState s) {
+  return s == v1::VM_STATE_MIGRATING || s == v1::VM_STATE_MIGRATION_IN_DOUBT ||
+         s == v1::VM_STATE_RECEIVING;
 }
 
 Status make_dir(const std::string& path, mode_t mode) {
@@ -133,6 +141,11 @@ VmManager::Entry* VmManager::find(const std::string& name) {
   return it == vms_.end() ? nullptr : it->second.get();
 }
 
+std::shared_ptr<VmManager::Entry> VmManager::find_shared(const std::string& name) {
+  auto it = vms_.find(name);
+  return it == vms_.end() ? nullptr : it->second;
+}
+
 Result<VmManager::Entry*> VmManager::find_or_error(const std::string& name) {
   Entry* e = find(name);
   if (!e) return Error::not_found(fmt::format("no VM named '{}' (vmctl list shows them)", name));
@@ -150,6 +163,7 @@ v1::VmInfo VmManager::info(const Entry& e) const {
   i.set_exit_code(e.exit_code);
   i.set_created_unix_ms(e.created_unix_ms);
   i.set_migrated_to(e.migrated_to);
+  i.set_migration_id(e.migration_id);
   return i;
 }
 
@@ -162,6 +176,7 @@ Status VmManager::persist(const Entry& e) const {
                       {"exit_code", e.exit_code},
                       {"error", e.error},
                       {"migrated_to", e.migrated_to},
+                      {"migration_id", e.migration_id},
                       {"created_unix_ms", e.created_unix_ms}};
   std::string path = vm_dir(e.name) + "/vm.json";
   std::string tmp = path + ".tmp";
@@ -202,7 +217,7 @@ Status VmManager::load() {
       spdlog::warn("ignoring {}/vm.json: not valid JSON", vm_dir(name));
       continue;
     }
-    auto e = std::make_unique<Entry>();
+    auto e = std::make_shared<Entry>();
     e->name = name;
     e->config = config_from_json(j.value("config", nlohmann::json::object()));
     e->state = static_cast<v1::VmState>(j.value("state_code", 0));
@@ -210,6 +225,7 @@ Status VmManager::load() {
     e->exit_code = j.value("exit_code", 0);
     e->error = j.value("error", "");
     e->migrated_to = j.value("migrated_to", "");
+    e->migration_id = j.value("migration_id", "");
     e->created_unix_ms = j.value("created_unix_ms", int64_t{0});
     if (e->state == v1::VM_STATE_CREATED && e->pid > 0) {
       // A VM that was being received: its stream ran through the daemon that stopped, so that
@@ -222,11 +238,16 @@ Status VmManager::load() {
     if (is_live(e->state)) {
       // Adopt the VM if its process is still there and answers on its control socket.
       bool alive = e->pid > 0 && ::kill(e->pid, 0) == 0;
+      vmprocess::ControlTimeouts quick{std::chrono::milliseconds(1000),
+                                       std::chrono::milliseconds(3000)};
       Result<nlohmann::json> status =
-          alive ? vmprocess::control_request(socket_path(name), {{"op", "status"}})
+          alive ? vmprocess::control_request(socket_path(name), {{"op", "status"}}, quick)
                 : Result<nlohmann::json>(Error::user("no process"));
       if (status.ok() && status->value("pid", 0) == e->pid) {
-        e->state = status->value("paused", false) ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
+        // A VM in a migration keeps its state: the migration's own recovery settles it.
+        if (!in_migration(e->state)) {
+          e->state = status->value("paused", false) ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
+        }
         e->our_child = false;
         spdlog::info("VM {}: adopted its running process {}", name, e->pid);
         e->watcher = std::thread(&VmManager::watch_adopted, this, name, e->pid);
@@ -258,7 +279,7 @@ Result<v1::VmInfo> VmManager::create(const std::string& name, const v1::VmConfig
   }
   if (!config.dirty_tracking().empty()) TRY(vmm::parse_dirty_tracking(config.dirty_tracking()));
   TRY(make_dir(vm_dir(name), 0700));
-  auto e = std::make_unique<Entry>();
+  auto e = std::make_shared<Entry>();
   e->name = name;
   e->config = config;
   if (e->config.memory_bytes() == 0) e->config.set_memory_bytes(256ull << 20);
@@ -328,6 +349,14 @@ void VmManager::watch_child(std::string name, pid_t pid) {
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
+  std::function<void(const std::string&, pid_t)> listener;
+  {
+    std::lock_guard lock(mu_);
+    listener = exit_listener_;
+  }
+  // The migration code may hold its own lock while it asks the manager things: tell it first,
+  // outside the manager's lock.
+  if (listener) listener(name, pid);
   std::lock_guard lock(mu_);
   Entry* e = find(name);
   if (!e || e->pid != pid) return;
@@ -352,11 +381,22 @@ void VmManager::watch_adopted(std::string name, pid_t pid) {
   // Not our child: no exit status, only whether it is still there.
   while (true) {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    {
+      std::lock_guard lock(mu_);
+      if (shutting_down_) return;
+      Entry* e = find(name);
+      if (!e || e->pid != pid) return;
+      if (::kill(pid, 0) == 0) continue;
+    }
+    std::function<void(const std::string&, pid_t)> listener;
+    {
+      std::lock_guard lock(mu_);
+      listener = exit_listener_;
+    }
+    if (listener) listener(name, pid);
     std::lock_guard lock(mu_);
-    if (shutting_down_) return;
     Entry* e = find(name);
     if (!e || e->pid != pid) return;
-    if (::kill(pid, 0) == 0) continue;
     e->pid = 0;
     if (e->state != v1::VM_STATE_MIGRATED) {
       e->state = v1::VM_STATE_STOPPED;
@@ -369,8 +409,64 @@ void VmManager::watch_adopted(std::string name, pid_t pid) {
   }
 }
 
-Result<nlohmann::json> VmManager::control(const std::string& name, const nlohmann::json& request) {
-  return vmprocess::control_request(socket_path(name), request);
+Result<nlohmann::json> VmManager::control(const std::string& name, const nlohmann::json& request,
+                                          const vmprocess::ControlTimeouts& timeouts,
+                                          bool* delivered) {
+  return vmprocess::control_request(socket_path(name), request, timeouts, delivered);
+}
+
+pid_t VmManager::pid(const std::string& name) {
+  std::lock_guard lock(mu_);
+  Entry* e = find(name);
+  return e ? e->pid : 0;
+}
+
+bool VmManager::end_process(const std::string& name, pid_t pid, std::chrono::milliseconds timeout) {
+  if (pid <= 0) return true;
+  std::unique_lock lock(mu_);
+  auto gone = [&] {
+    Entry* e = find(name);
+    return !e || e->pid != pid;
+  };
+  if (cv_.wait_for(lock, timeout, gone)) return true;
+  spdlog::warn("VM {}: process {} did not end within {} ms; killing it", name, pid,
+               timeout.count());
+  ::kill(pid, SIGKILL);
+  cv_.wait_for(lock, std::chrono::seconds(10), gone);
+  return false;
+}
+
+void VmManager::set_exit_listener(std::function<void(const std::string&, pid_t)> listener) {
+  std::lock_guard lock(mu_);
+  exit_listener_ = std::move(listener);
+}
+
+void VmManager::forget(const std::string& name, pid_t pid) {
+  std::unique_lock lock(mu_);
+  std::shared_ptr<Entry> e = find_shared(name);
+  if (!e || (pid != 0 && e->pid != 0 && e->pid != pid)) return;
+  if (e->pid > 0) ::kill(e->pid, SIGKILL);
+  std::thread watcher = std::move(e->watcher);
+  vms_.erase(name);
+  lock.unlock();
+  if (watcher.joinable()) watcher.join();
+  for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
+    ::unlink((vm_dir(name) + f).c_str());
+  }
+  ::rmdir(vm_dir(name).c_str());
+  spdlog::info("VM {}: forgotten (its incoming migration was discarded)", name);
+}
+
+Status VmManager::set_migration_state(const std::string& name, v1::VmState state,
+                                      const std::string& migration_id, const std::string& detail) {
+  std::lock_guard lock(mu_);
+  Entry* e = TRY(find_or_error(name));
+  e->state = state;
+  e->migration_id = migration_id;
+  if (state == v1::VM_STATE_MIGRATED) e->migrated_to = detail;
+  if (!detail.empty() && state != v1::VM_STATE_MIGRATED) e->error = detail;
+  changed(*e);
+  return ok_status();
 }
 
 Status VmManager::wait_until_ready(const std::string& name, pid_t pid) {
@@ -418,7 +514,9 @@ Result<v1::VmInfo> VmManager::launch(Entry& e, const Launch& launch,
   e_now.exit_code = 0;
   e_now.error.clear();
   e_now.migrated_to.clear();
-  e_now.state = launch.wait_ready ? v1::VM_STATE_RUNNING : v1::VM_STATE_CREATED;
+  e_now.state = !e_now.migration_id.empty() ? v1::VM_STATE_RECEIVING
+                : launch.wait_ready         ? v1::VM_STATE_RUNNING
+                                            : v1::VM_STATE_CREATED;
   e_now.watcher = std::thread(&VmManager::watch_child, this, name, pid);
   changed(e_now);
   if (!launch.wait_ready) return info(e_now);
@@ -450,7 +548,8 @@ Result<v1::VmInfo> VmManager::start(const std::string& name) {
 }
 
 Result<v1::VmInfo> VmManager::start_new(const std::string& name, const Launch& how,
-                                        std::vector<int> inherit_fds) {
+                                        std::vector<int> inherit_fds,
+                                        const std::string& migration_id) {
   TRY(validate_vm_name(name));
   std::unique_lock lock(mu_);
   if (Entry* old = find(name)) {
@@ -467,9 +566,10 @@ Result<v1::VmInfo> VmManager::start_new(const std::string& name, const Launch& h
     if (find(name)) return Error::conflict(fmt::format("a VM named '{}' was just created", name));
   }
   TRY(make_dir(vm_dir(name), 0700));
-  auto e = std::make_unique<Entry>();
+  auto e = std::make_shared<Entry>();
   e->name = name;
   e->created_unix_ms = now_unix_ms();
+  e->migration_id = migration_id;
   Entry& entry = *e;
   vms_[name] = std::move(e);
   return launch(entry, how, lock, inherit_fds);
@@ -478,14 +578,27 @@ Result<v1::VmInfo> VmManager::start_new(const std::string& name, const Launch& h
 Result<v1::VmInfo> VmManager::set_paused(const std::string& name, bool pause) {
   const v1::VmState from = pause ? v1::VM_STATE_RUNNING : v1::VM_STATE_PAUSED;
   const v1::VmState to = pause ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
-  std::lock_guard lock(mu_);
-  Entry* e = TRY(find_or_error(name));
-  if (e->state == to) return info(*e);
-  if (e->state != from) {
-    return Error::conflict(
-        fmt::format("VM {} is {}, not {}", name, vm_state_name(e->state), vm_state_name(from)));
+  std::shared_ptr<Entry> e;
+  {
+    std::lock_guard lock(mu_);
+    e = find_shared(name);
+    if (!e) TRY(find_or_error(name));
+  }
+  // One pause or resume of this VM at a time; other VMs' calls do not wait for it.
+  std::lock_guard op(e->op_mu);
+  pid_t pid;
+  {
+    std::lock_guard lock(mu_);
+    if (e->state == to) return info(*e);
+    if (e->state != from) {
+      return Error::conflict(
+          fmt::format("VM {} is {}, not {}", name, vm_state_name(e->state), vm_state_name(from)));
+    }
+    pid = e->pid;
   }
   TRY(control(name, {{"op", pause ? "pause" : "resume"}}));
+  std::lock_guard lock(mu_);
+  if (find(name) != e.get() || e->pid != pid || e->state != from) return info(*e);
   e->state = to;
   changed(*e);
   return info(*e);
@@ -499,9 +612,21 @@ Result<v1::VmInfo> VmManager::stop(const std::string& name) {
     return Error::conflict(
         fmt::format("VM {} is being migrated: cancel the migration first (vmctl cancel)", name));
   }
+  if (e->state == v1::VM_STATE_MIGRATION_IN_DOUBT) {
+    return Error::conflict(fmt::format(
+        "VM {} is in doubt after its migration's switchover: it may run on the destination "
+        "already. Settle it first (vmctl migrate --recover {})",
+        name, name));
+  }
+  if (e->state == v1::VM_STATE_RECEIVING) {
+    return Error::conflict(fmt::format(
+        "VM {} is an incoming migration waiting for its switchover: the source decides", name));
+  }
   pid_t pid = e->pid;
+  lock.unlock();
   Result<nlohmann::json> asked = control(name, {{"op", "stop"}});
   if (!asked.ok()) ::kill(pid, SIGKILL);
+  lock.lock();
   auto gone = [&] {
     Entry* now = find(name);
     return !now || now->pid != pid;
@@ -543,17 +668,24 @@ std::vector<v1::VmInfo> VmManager::list() {
 }
 
 Result<v1::VmInfo> VmManager::get(const std::string& name, bool with_stats) {
-  std::lock_guard lock(mu_);
-  Entry* e = TRY(find_or_error(name));
-  v1::VmInfo i = info(*e);
-  if (with_stats && is_live(e->state)) {
+  v1::VmInfo i;
+  bool live;
+  {
+    std::lock_guard lock(mu_);
+    Entry* e = TRY(find_or_error(name));
+    i = info(*e);
+    live = is_live(e->state);
+  }
+  if (with_stats && live) {
+    // Without the manager's lock: a VM that is slow to answer delays this call only.
     Result<nlohmann::json> stats = control(name, {{"op", "stats"}});
-    if (stats.ok()) {
+    if (stats.ok() && stats->contains("vcpus") && (*stats)["vcpus"].is_array()) {
       for (const nlohmann::json& v : (*stats)["vcpus"]) {
+        if (!v.is_object() || !v.contains("counters") || !v["counters"].is_object()) continue;
         v1::VcpuStats* s = i.add_vcpu_stats();
         s->set_vcpu(v.value("vcpu", 0u));
         for (auto& [counter, value] : v["counters"].items()) {
-          (*s->mutable_counters())[counter] = value.get<uint64_t>();
+          if (value.is_number_unsigned()) (*s->mutable_counters())[counter] = value.get<uint64_t>();
         }
       }
     }

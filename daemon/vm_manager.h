@@ -22,6 +22,7 @@
 #include "base/error.h"
 #include "proto/names.h"
 #include "proto/vmctl.pb.h"
+#include "vmprocess/control_client.h"
 
 namespace vmctl::daemon {
 
@@ -60,12 +61,32 @@ class VmManager {
   Result<v1::VmInfo> restore(const v1::RestoreRequest& request);
   Status console_input(const std::string& name, const std::string& data);
 
-  // Starts a VM process under a new name that is not yet a VM (migration's receiving side): the
-  // entry exists (state CREATED) while `launch` runs.
+  // Starts a VM process under a new name that is not yet a VM (restore; migration's receiving
+  // side, with `migration_id`: the entry is RECEIVING): the entry exists while `launch` runs.
   Result<v1::VmInfo> start_new(const std::string& name, const Launch& launch,
-                               std::vector<int> inherit_fds = {});
+                               std::vector<int> inherit_fds = {},
+                               const std::string& migration_id = "");
   // The VM's control socket, for operations the manager does not wrap (migration).
   Result<std::string> control_socket(const std::string& name);
+  // One request to the VM's process, without holding the manager's lock (a slow VM delays only
+  // its own callers). `delivered`: see vmprocess::control_request.
+  Result<nlohmann::json> control(const std::string& name, const nlohmann::json& request,
+                                 const vmprocess::ControlTimeouts& timeouts = {},
+                                 bool* delivered = nullptr);
+  // The VM's process id (0: none), and whether that process still exists.
+  pid_t pid(const std::string& name);
+  // Waits until process `pid` of the VM has ended; after `timeout` it is killed (a copy that
+  // must not live on: its VM runs elsewhere now) and waited for again. False if it had to be.
+  bool end_process(const std::string& name, pid_t pid, std::chrono::milliseconds timeout);
+  // Called (from a watcher thread, without the manager's lock) when a VM's process ends.
+  void set_exit_listener(std::function<void(const std::string& name, pid_t pid)> listener);
+  // Forgets a VM that never became one here (a discarded incoming migration): its process, if
+  // any, is killed; its directory goes.
+  void forget(const std::string& name, pid_t pid);
+  // Migration states (MIGRATING, MIGRATION_IN_DOUBT, RECEIVING, MIGRATED, back to RUNNING or
+  // PAUSED) with the migration's id (empty: none).
+  Status set_migration_state(const std::string& name, v1::VmState state,
+                             const std::string& migration_id, const std::string& detail = "");
   // Reads the machine's shape (memory, vCPUs, paused) from a VM process that was started from a
   // snapshot or a migration stream rather than from a config.
   Status refresh_from_process(const std::string& name);
@@ -87,9 +108,11 @@ class VmManager {
     int exit_code = 0;
     std::string error;
     std::string migrated_to;
+    std::string migration_id;  // the migration this VM takes part in
     int64_t created_unix_ms = 0;
     uint64_t version = 0;
     std::thread watcher;
+    std::mutex op_mu;  // one pause/resume/stop at a time per VM, without the manager's lock
   };
 
   explicit VmManager(ManagerOptions options) : options_(std::move(options)) {}
@@ -98,7 +121,8 @@ class VmManager {
   std::string socket_path(const std::string& name) const;
   std::string console_path(const std::string& name) const;
   std::string log_path(const std::string& name) const;
-  Entry* find(const std::string& name);  // with mu_ held
+  Entry* find(const std::string& name);                         // with mu_ held
+  std::shared_ptr<Entry> find_shared(const std::string& name);  // with mu_ held
   Result<Entry*> find_or_error(const std::string& name);
   v1::VmInfo info(const Entry& e) const;
   Status persist(const Entry& e) const;
@@ -108,7 +132,6 @@ class VmManager {
   Status wait_until_ready(const std::string& name, pid_t pid);
   void watch_child(std::string name, pid_t pid);
   void watch_adopted(std::string name, pid_t pid);
-  Result<nlohmann::json> control(const std::string& name, const nlohmann::json& request);
   std::string last_log_line(const std::string& name) const;
   Result<v1::VmInfo> set_paused(const std::string& name, bool pause);
   Result<v1::VmInfo> launch(Entry& e, const Launch& launch, std::unique_lock<std::mutex>& lock,
@@ -117,8 +140,10 @@ class VmManager {
   ManagerOptions options_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::string, std::unique_ptr<Entry>> vms_;
+  // Shared: an operation that released the lock to wait for a VM process keeps its entry alive.
+  std::map<std::string, std::shared_ptr<Entry>> vms_;
   bool shutting_down_ = false;
+  std::function<void(const std::string&, pid_t)> exit_listener_;
 };
 
 // [A-Za-z0-9_.-], 1 to 64 characters, not starting with a dot.

@@ -123,11 +123,14 @@ class Throttle {
   std::thread thread_;
 };
 
-// Counts what goes into the target so rounds can measure their bandwidth.
+// Counts what goes into the target so rounds can measure their bandwidth, and stops at the next
+// write once the migration is cancelled (inside round 0 or the stop-and-copy too).
 class CountingSink final : public state::ByteSink {
  public:
-  explicit CountingSink(state::ByteSink& inner) : inner_(inner) {}
+  CountingSink(state::ByteSink& inner, const std::atomic<bool>& cancel)
+      : inner_(inner), cancel_(cancel) {}
   Status write(const void* data, size_t len) override {
+    if (cancel_) return Error::user("cancelled");
     bytes_ += len;
     return inner_.write(data, len);
   }
@@ -135,8 +138,13 @@ class CountingSink final : public state::ByteSink {
 
  private:
   state::ByteSink& inner_;
+  const std::atomic<bool>& cancel_;
   uint64_t bytes_ = 0;
 };
+
+int64_t steady_ns(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
 
 }  // namespace
 
@@ -152,7 +160,7 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
     if (report) report(progress);
   };
 
-  CountingSink counted(target.sink());
+  CountingSink counted(target.sink(), cancel);
   state::RecordWriter writer(counted, state::WriterOptions{options.compression_level});
   DirtyLog log(vm);
   Throttle throttle(vm);
@@ -162,6 +170,10 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
     throttle.set(0);
     if (paused_here) vm.resume();
     log.stop();
+    if (cancel) {
+      phase = "cancelled";
+      error = Error::user("cancelled");
+    }
     progress.error = error.message();
     emit(phase);
     return error;
@@ -253,24 +265,20 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   if (!flushed.ok()) return roll_back(std::move(flushed).error(), "failed");
   const Clock::time_point state_at = Clock::now();
   if (cancel) return roll_back(Error::user("cancelled"), "cancelled");
-  Result<double> restored = target.restored(options.ack_timeout_seconds);
-  if (!restored.ok()) return roll_back(std::move(restored).error(), "failed");
-  const Clock::time_point resumed_at = Clock::now();
-  // The destination runs the VM: from here on there is no going back.
-  target.commit();
+  // Everything is sent; the VM stays paused. From here the switchover decides (protocol.md).
   log.stop();
   progress.bytes_sent = counted.bytes();
   progress.pages_sent = total.pages;
   progress.remaining_bytes = 0;
   progress.downtime.pause_to_last_page_ms = ms_between(paused_at, last_page_at);
   progress.downtime.last_page_to_state_ms = ms_between(last_page_at, state_at);
-  progress.downtime.state_to_resumed_ms = ms_between(state_at, resumed_at);
-  progress.downtime.total_ms = ms_between(paused_at, resumed_at);
-  emit("done");
-  spdlog::info("migrated in {:.2f} s, {} rounds, {:.1f} MiB, downtime {:.1f} ms ({})",
+  progress.paused_at_ns = steady_ns(paused_at);
+  progress.last_page_at_ns = steady_ns(last_page_at);
+  progress.state_at_ns = steady_ns(state_at);
+  emit("sent");
+  spdlog::info("sent in {:.2f} s, {} rounds, {:.1f} MiB ({}); the VM waits for the switchover",
                progress.elapsed_seconds, progress.round + 1,
-               static_cast<double>(progress.bytes_sent) / kMiB, progress.downtime.total_ms,
-               log.source());
+               static_cast<double>(progress.bytes_sent) / kMiB, log.source());
   return progress;
 }
 

@@ -1,13 +1,14 @@
-// Pre-copy live migration of a running VM into a MigrationTarget.
+// Pre-copy live migration of a running VM into a MigrationTarget (the source VM process's part of
+// migrate/protocol.md).
 //
 // Round 0 sends every non-zero page while the guest runs, with KVM dirty logging on (manual
 // protect: KVM_GET_DIRTY_LOG, then KVM_CLEAR_DIRTY_LOG in chunks just before the pages are read).
 // Each later round sends the pages dirtied during the previous one, and measures the bandwidth
 // and the guest's dirty rate. When the dirty pages left could be sent within the downtime target,
 // the VM is paused for the stop-and-copy: the last dirty pages, then the device and vCPU records
-// and the trailer. The destination restores, resumes and acknowledges; only then does the source
-// give the VM up. Any failure or cancellation before that acknowledgement resumes the source VM
-// and leaves it as it was.
+// and the trailer. Then the VM stays paused: whether it runs again here (rollback) or ends here
+// (the destination resumed it) is decided by the switchover, not by this engine. Any failure or
+// cancellation before the end resumes the VM and leaves it as it was.
 #pragma once
 
 #include <atomic>
@@ -27,7 +28,6 @@ struct PrecopyOptions {
   double max_seconds = 120;    // time budget for the pre-copy rounds
   bool auto_converge = false;  // throttle the vCPUs instead of giving up
   int compression_level = 0;   // zstd for pages; 0 = off (loopback is faster than zstd)
-  double ack_timeout_seconds = 60;
 };
 
 struct DowntimeBreakdown {
@@ -35,10 +35,13 @@ struct DowntimeBreakdown {
   double last_page_to_state_ms = 0;
   double state_to_resumed_ms = 0;
   double total_ms = 0;
+  double state_to_ready_ms = 0;
+  double switchover_ms = 0;
 };
 
 struct Progress {
-  std::string phase;  // precopy, stop-and-copy, done, failed, cancelled
+  // precopy, stop-and-copy, sent (the VM is paused here with everything sent), failed, cancelled
+  std::string phase;
   unsigned round = 0;
   uint64_t bytes_sent = 0;
   uint64_t pages_sent = 0;
@@ -50,23 +53,26 @@ struct Progress {
   double elapsed_seconds = 0;
   DowntimeBreakdown downtime;
   std::string error;
+  // "sent": when the VM paused and when the last page and the last state record went out
+  // (steady clock, the same in every process of the host), for the downtime breakdown.
+  int64_t paused_at_ns = 0, last_page_at_ns = 0, state_at_ns = 0;
 };
 
-// Where the stream goes. The sink carries the records; restored() blocks until the destination
-// says the VM runs there (returns its restore time in ms) or fails; commit() tells it the source
-// has let the VM go.
+// Where the stream goes. The sink carries the records; flush() hands everything written to the
+// transport; abort() makes every later write fail at once (cancel).
 class MigrationTarget {
  public:
   virtual ~MigrationTarget() = default;
   virtual state::ByteSink& sink() = 0;
   virtual Status flush() = 0;
-  virtual Result<double> restored(double timeout_seconds) = 0;
-  virtual void commit() = 0;
+  virtual void abort(const std::string& why) = 0;
 };
 
-// Migrates `vm` (running or paused). On success the VM is left paused and must not run here
-// again; on failure the VM runs as before (unless it was paused) and the error says why.
-// `cancel` is polled between rounds and between records.
+// Migrates `vm` (running or paused) up to the end of the stop-and-copy. On success (phase
+// "sent") the VM is left paused by one level of Vm::pause(): the caller resumes it (rollback) or
+// ends it (the destination took it over). On failure the VM runs as before (unless it was paused)
+// and the error says why. `cancel` is honoured before every record written (whoever sets it
+// should also abort() the target, so that a write blocked on a stalled peer returns).
 Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyOptions& options,
                             const std::function<void(const Progress&)>& report,
                             const std::atomic<bool>& cancel);

@@ -76,8 +76,9 @@ void fill_host_facts(vmm::Vm& vm, ps::HostFacts::Builder host) {
     list[i].setName(caps[i].first);
     list[i].setValue(vm.kvm_system().check_extension(caps[i].second));
   }
-  Result<uint32_t> khz = vm.vcpu(0).fd().get_tsc_khz();
-  host.setTscKhz(khz.ok() ? khz.value() : 0);
+  // Kept by the vCPU: the header is written while the VM runs, and a vCPU ioctl would wait for
+  // a halted guest to wake up.
+  host.setTscKhz(vm.vcpu(0).tsc_khz());
 }
 
 Status write_header(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options,
@@ -893,7 +894,7 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
       if (v.getTscKhz() == 0) return ok_status();
       Result<uint32_t> current = fd.get_tsc_khz();
       if (!current.ok() || current.value() == v.getTscKhz()) return ok_status();
-      Status scaled = fd.set_tsc_khz(v.getTscKhz());
+      Status scaled = vm.vcpu(index).set_tsc_khz(v.getTscKhz());
       if (scaled.ok()) return ok_status();
       std::string what = fmt::format(
           "vCPU {}: the guest's TSC ran at {} kHz, this host runs at {} kHz and cannot scale it",
@@ -906,7 +907,7 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
       return ok_status();
     }
     case Step::kCpuid:
-      TRY_CTX(fd.set_cpuid2(in.cpuid), context("CPUID"));
+      TRY_CTX(vm.vcpu(index).set_cpuid(in.cpuid), context("CPUID"));
       return ok_status();
     case Step::kMpState: {
       kvm_mp_state mp{};

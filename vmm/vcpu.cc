@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -108,8 +109,37 @@ Vcpu::~Vcpu() {
   join();
 }
 
+kvm::VcpuFd& Vcpu::fd() {
+  std::lock_guard lock(mu_);
+  bool safe = !thread_.joinable() || parked_ || thread_ended_ ||
+              std::this_thread::get_id() == thread_.get_id();
+  if (!safe) {
+    // Waiting here could take as long as the guest stays in the guest (forever for `cli; hlt`).
+    spdlog::critical(
+        "vCPU {}: a vCPU ioctl from another thread while the vCPU runs (a bug: pause the VM "
+        "first)",
+        index());
+    std::abort();
+  }
+  return fd_;
+}
+
+Status Vcpu::set_cpuid(const std::vector<CpuidEntry>& cpuid) {
+  TRY(fd().set_cpuid2(cpuid));
+  cpuid_ = TRY(fd().get_cpuid2());
+  return ok_status();
+}
+
+Status Vcpu::set_tsc_khz(uint32_t khz) {
+  TRY(fd().set_tsc_khz(khz));
+  tsc_khz_ = khz;
+  return ok_status();
+}
+
 Status Vcpu::configure(const std::vector<CpuidEntry>& cpuid) {
-  TRY(fd_.set_cpuid2(cpuid));
+  TRY(set_cpuid(cpuid));
+  Result<uint32_t> khz = fd_.get_tsc_khz();
+  tsc_khz_ = khz.ok() ? khz.value() : 0;
   TRY(fd_.set_msrs({
       {kMsrIa32SysenterCs, 0},
       {kMsrIa32SysenterEsp, 0},
@@ -251,6 +281,7 @@ void Vcpu::thread_main() {
   }
   std::lock_guard lock(mu_);
   control_ = Control::kStop;
+  thread_ended_ = true;
   cv_.notify_all();
 }
 

@@ -65,7 +65,20 @@ class Vcpu {
   Vcpu& operator=(const Vcpu&) = delete;
 
   int index() const { return fd_.index(); }
-  kvm::VcpuFd& fd() { return fd_; }
+  // The vCPU's KVM fd, for state capture and restore. A vCPU ioctl waits for the vCPU's mutex,
+  // which KVM_RUN holds for as long as the guest runs or halts (a guest idle in HLT for seconds,
+  // or halted for good with interrupts off, holds it for that long), so any other thread may use
+  // this only while the vCPU is parked (paused), not yet started or ended; anything else is a bug
+  // and ends the process with a message saying so.
+  kvm::VcpuFd& fd();
+  // What the guest sees, kept when it was set, so that other threads can read it while the vCPU
+  // runs (no ioctl): the CPUID table as KVM took it, and the TSC rate.
+  const std::vector<CpuidEntry>& cpuid() const { return cpuid_; }
+  uint32_t tsc_khz() const { return tsc_khz_; }
+  // KVM_SET_CPUID2, then the table read back (KVM may widen what it was given).
+  Status set_cpuid(const std::vector<CpuidEntry>& cpuid);
+  // KVM_SET_TSC_KHZ.
+  Status set_tsc_khz(uint32_t khz);
 
   // CPUID, initial MSRs and the LAPIC's LINT0/LINT1 wiring (ExtINT, NMI), for a freshly created
   // vCPU.
@@ -103,6 +116,9 @@ class Vcpu {
   std::condition_variable cv_;
   Control control_ = Control::kRun;
   bool parked_ = false;
+  bool thread_ended_ = false;
+  std::vector<CpuidEntry> cpuid_;
+  uint32_t tsc_khz_ = 0;
 };
 
 }  // namespace vmctl::vmm

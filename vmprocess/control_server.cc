@@ -8,21 +8,21 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
-#include <future>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
-#include "base/size.h"
-#include "migrate/grpc_target.h"
-#include "migrate/precopy.h"
 #include "state/cpu_features.h"
-#include "state/host_report.h"
 #include "state/vm_state.h"
 
 namespace vmctl::vmprocess {
 namespace {
+
+// A client that connects and then says nothing must not hold the server (it serves one
+// connection at a time).
+constexpr int kRequestTimeoutSeconds = 5;
 
 Result<sockaddr_un> unix_address(const std::string& path) {
   sockaddr_un addr{};
@@ -35,60 +35,39 @@ Result<sockaddr_un> unix_address(const std::string& path) {
   return addr;
 }
 
-Status write_all(int fd, const std::string& data) {
+void write_line(int fd, const nlohmann::json& j) {
+  std::string data = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Error::from_errno("writing to the control socket", errno);
-    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;  // the client went away: nothing to tell it
     done += static_cast<size_t>(n);
   }
-  return ok_status();
 }
 
-Result<std::string> read_line(int fd) {
-  std::string line;
+// One line (the request); false on timeout, error or a line over 1 MiB.
+bool read_request(int fd, std::string& line) {
   char c;
   while (true) {
     ssize_t n = ::read(fd, &c, 1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Error::from_errno("reading from the control socket", errno);
-    }
-    if (n == 0 || c == '\n') break;
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return !line.empty();
+    if (c == '\n') return true;
     line += c;
-    if (line.size() > (1 << 20)) return Error::user("control message longer than 1 MiB");
+    if (line.size() > (1 << 20)) return false;
   }
-  return line;
 }
 
-nlohmann::json progress_json(const migrate::Progress& p) {
-  nlohmann::json j = {{"phase", p.phase},
-                      {"round", p.round},
-                      {"bytes_sent", p.bytes_sent},
-                      {"pages_sent", p.pages_sent},
-                      {"remaining_bytes", p.remaining_bytes},
-                      {"bandwidth_mib_s", p.bandwidth_mib_s},
-                      {"dirty_rate_mib_s", p.dirty_rate_mib_s},
-                      {"expected_downtime_ms", p.expected_downtime_ms},
-                      {"throttle_percent", p.throttle_percent},
-                      {"elapsed_seconds", p.elapsed_seconds}};
-  if (!p.error.empty()) j["error"] = p.error;
-  if (p.phase == "done") {
-    j["downtime"] = {{"pause_to_last_page_ms", p.downtime.pause_to_last_page_ms},
-                     {"last_page_to_state_ms", p.downtime.last_page_to_state_ms},
-                     {"state_to_resumed_ms", p.downtime.state_to_resumed_ms},
-                     {"total_ms", p.downtime.total_ms}};
-  }
-  return j;
+nlohmann::json refused(const std::string& why) {
+  return {{"ok", false}, {"error", why}};
 }
 
 }  // namespace
 
-Result<std::unique_ptr<ControlServer>> ControlServer::start(vmm::Vm& vm, const std::string& path,
-                                                            bool vm_paused) {
+Result<std::unique_ptr<ControlServer>> ControlServer::start(
+    vmm::Vm& vm, const std::string& path, bool vm_paused,
+    std::optional<IncomingMigration> incoming) {
   sockaddr_un addr = TRY(unix_address(path));
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Error::from_errno("creating the control socket", errno);
@@ -101,87 +80,13 @@ Result<std::unique_ptr<ControlServer>> ControlServer::start(vmm::Vm& vm, const s
     return Error::user(
         fmt::format("cannot create control socket {}: {}", path, std::strerror(errno)));
   }
-  if (::listen(fd, 8) != 0) return Error::from_errno("listening on the control socket", errno);
+  if (::listen(fd, 16) != 0) return Error::from_errno("listening on the control socket", errno);
   std::unique_ptr<ControlServer> server(new ControlServer(vm, path, std::move(listener)));
   server->wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
   server->paused_by_us_ = vm_paused;
+  server->incoming_ = std::move(incoming);
   server->thread_ = std::thread([s = server.get()] { s->serve(); });
   return server;
-}
-
-Status ControlServer::check_destination(migrate::GrpcMigrationTarget& target) {
-  // This host's report (a probe VM is made for it) while the destination makes its own.
-  std::future<Result<nlohmann::json>> local = std::async(std::launch::async, state::host_report);
-  std::string text = TRY(target.destination_report());
-  nlohmann::json destination = nlohmann::json::parse(text, nullptr, false);
-  if (destination.is_discarded())
-    return Error::failure("the destination's host report is not JSON");
-  nlohmann::json here = TRY(local.get());
-  std::vector<vmm::CpuidEntry> cpuid = TRY(vm_.vcpu(0).fd().get_cpuid2());
-  std::vector<std::string> guest = state::cpu_feature_names(cpuid);
-  state::MoveVerdict verdict = state::check_move(here, destination, &guest);
-  if (verdict.can_move) return ok_status();
-  std::string why;
-  for (const std::string& r : verdict.reasons) {
-    if (r.rfind("blocks: ", 0) == 0) why += (why.empty() ? "" : "; ") + r.substr(8);
-  }
-  return Error::user("the destination refused the VM before any memory was sent: " + why);
-}
-
-void ControlServer::migrate(const nlohmann::json& request, Fd conn) {
-  auto send = [&](const nlohmann::json& line) { (void)write_all(conn.get(), line.dump() + "\n"); };
-  migrate::PrecopyOptions options;
-  options.downtime_ms = request.value("downtime_ms", 30.0);
-  options.max_rounds = request.value("max_rounds", 30u);
-  options.max_seconds = request.value("max_seconds", 120.0);
-  options.auto_converge = request.value("auto_converge", false);
-  options.compression_level = request.value("compression", 0);
-  migrate::TlsConfig tls;
-  if (request.contains("tls")) {
-    tls.ca = request["tls"].value("ca", "");
-    tls.cert = request["tls"].value("cert", "");
-    tls.key = request["tls"].value("key", "");
-  }
-  std::string destination = request.value("destination", "");
-  // The destination VM tracks dirty pages as this one was asked to, unless the request says
-  // otherwise (a property of the host, not of the guest: either side may use either mode).
-  std::string dirty_tracking = request.value(
-      "dirty_tracking", std::string(vmm::dirty_tracking_name(vm_.config().dirty_tracking)));
-  uint32_t ring_entries = request.value("dirty_ring_entries", vm_.config().dirty_ring_entries);
-  spdlog::info("migrating to {}", destination);
-  Result<std::unique_ptr<migrate::GrpcMigrationTarget>> target =
-      migrate::GrpcMigrationTarget::connect(
-          destination, tls, request.value("destination_name", "vm"), request.value("streams", 1u),
-          dirty_tracking, ring_entries);
-  if (target.ok()) {
-    // Before sending anything: can the guest run there at all?
-    Status fits = check_destination(**target);
-    if (!fits.ok()) target = std::move(fits).error();
-  }
-  Result<migrate::Progress> result =
-      target.ok()
-          ? migrate::migrate_vm(
-                vm_, **target, options, [&](const migrate::Progress& p) { send(progress_json(p)); },
-                cancel_migration_)
-          : Result<migrate::Progress>(std::move(target).error());
-  // Pages the migration cleared from KVM's log are gone from the diff tracker's view: the next
-  // diff snapshot needs a new full one first.
-  dirty_ = state::DirtyTracker();
-  if (!result.ok()) {
-    spdlog::warn("migration to {} failed: {}", destination, result.error().message());
-    if (!target.ok()) {
-      migrate::Progress failed;
-      failed.phase = "failed";
-      failed.error = result.error().message();
-      send(progress_json(failed));
-    }
-    migrating_ = false;
-    return;
-  }
-  spdlog::info("migrated to {}; this VM ends here", destination);
-  migrating_ = false;
-  conn.reset();  // the daemon sees the final line before the process ends
-  vm_.stop();
 }
 
 ControlServer::~ControlServer() {
@@ -190,8 +95,6 @@ ControlServer::~ControlServer() {
     // Nothing to do: the thread also ends when the listener closes.
   }
   if (thread_.joinable()) thread_.join();
-  cancel_migration_ = true;
-  if (migration_thread_.joinable()) migration_thread_.join();
   ::unlink(path_.c_str());
 }
 
@@ -206,106 +109,201 @@ void ControlServer::serve() {
     int client = ::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) continue;
     Fd conn(client);
-    Result<std::string> line = read_line(client);
-    nlohmann::json answer;
-    if (!line.ok()) continue;
-    nlohmann::json request = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
-    if (request.is_discarded() || !request.is_object()) {
-      answer = {{"ok", false}, {"error", "the request is not a JSON object"}};
-    } else if (request.value("op", "") == "migrate") {
-      // Long-running, with progress lines on its connection: its own thread, so status and
-      // cancel_migration requests are still served meanwhile.
-      if (migrating_) {
-        answer = {{"ok", false}, {"error", "a migration of this VM is in progress already"}};
-      } else {
-        if (migration_thread_.joinable()) migration_thread_.join();
-        migrating_ = true;
-        cancel_migration_ = false;
-        migration_thread_ = std::thread(
-            [this, request, c = std::move(conn)]() mutable { migrate(request, std::move(c)); });
-        continue;
-      }
-    } else {
-      answer = handle(request);
+    timeval timeout{kRequestTimeoutSeconds, 0};
+    ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    ::setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+    std::string line;
+    if (!read_request(client, line)) continue;
+    Result<ControlRequest> request = parse_control_request(line);
+    if (request.ok() && request->op == ControlOp::kMigrate) {
+      // Long-running, with progress lines on its connection: the sender's own thread, so status
+      // and cancel requests are still served meanwhile.
+      std::string why = refusal(ControlOp::kMigrate);
+      Status started = why.empty() ? sender_.start(request->migrate, std::move(conn))
+                                   : Status(Error::conflict(why));
+      if (!started.ok() && conn.valid()) write_line(client, refused(started.error().message()));
+      continue;
     }
-    (void)write_all(client, answer.dump() + "\n");
+    write_line(client, request.ok() ? handle(*request) : refused(request.error().message()));
   }
 }
 
-nlohmann::json ControlServer::handle(const nlohmann::json& request) {
-  std::string op = request.value("op", "");
-  if (op == "status") {
-    return {{"ok", true},
-            {"paused", vm_.paused()},
-            {"vcpus", vm_.num_cpus()},
-            {"memory", vm_.memory().ram_size()},
-            {"dirty_tracking", vmm::dirty_tracking_name(vm_.config().dirty_tracking)},
-            {"dirty_tracking_in_use", vmm::dirty_tracking_name(vm_.dirty_pages().mode())},
-            {"dirty_ring_entries", vm_.config().dirty_ring_entries},
-            {"pid", ::getpid()}};
+nlohmann::json ControlServer::handle_line(const std::string& line) {
+  Result<ControlRequest> request = parse_control_request(line);
+  if (!request.ok()) return refused(request.error().message());
+  return handle(*request);
+}
+
+std::string ControlServer::refusal(ControlOp op) {
+  bool harmless = op == ControlOp::kStatus || op == ControlOp::kStats ||
+                  op == ControlOp::kGuestCpuFeatures || op == ControlOp::kConsole;
+  if (harmless) return "";
+  std::lock_guard lock(mu_);
+  if (incoming_ && op != ControlOp::kSwitchover && op != ControlOp::kDiscard) {
+    return fmt::format(
+        "this VM is the destination copy of migration {} and waits for its switchover: only "
+        "vmctld's switchover or discard may change it",
+        incoming_->id);
   }
-  if (op == "stats") {
-    Result<std::vector<vmm::VcpuStats>> stats = vm_.exit_stats();
-    if (!stats.ok()) return {{"ok", false}, {"error", stats.error().message()}};
-    nlohmann::json vcpus = nlohmann::json::array();
-    for (const vmm::VcpuStats& v : *stats) {
-      nlohmann::json counters = nlohmann::json::object();
-      for (const auto& value : v.values) counters[value.name] = value.value;
-      vcpus.push_back({{"vcpu", v.vcpu}, {"counters", counters}});
-    }
-    return {{"ok", true}, {"vcpus", vcpus}};
+  MigrationSender::Stage stage = sender_.stage();
+  if (stage == MigrationSender::Stage::kSent && op != ControlOp::kMigrationDecision) {
+    return fmt::format(
+        "migration {} has sent this VM and waits for its switchover: only vmctld's decision may "
+        "run or stop it now",
+        sender_.migration_id());
   }
-  if (op == "console") {
-    std::string data = request.value("data", "");
-    vm_.console_input(reinterpret_cast<const uint8_t*>(data.data()), data.size());
-    return {{"ok", true}};
+  if (stage == MigrationSender::Stage::kSending &&
+      (op == ControlOp::kSnapshot || op == ControlOp::kMigrate || op == ControlOp::kStop)) {
+    return "the VM is being migrated: cancel the migration first (vmctl cancel)";
   }
-  if (op == "cancel_migration") {
-    if (!migrating_) return {{"ok", false}, {"error", "no migration is in progress"}};
-    cancel_migration_ = true;
-    return {{"ok", true}};
+  return "";
+}
+
+nlohmann::json ControlServer::status() {
+  nlohmann::json j = {{"ok", true},
+                      {"paused", vm_.paused()},
+                      {"vcpus", vm_.num_cpus()},
+                      {"memory", vm_.memory().ram_size()},
+                      {"dirty_tracking", vmm::dirty_tracking_name(vm_.config().dirty_tracking)},
+                      {"dirty_tracking_in_use", vmm::dirty_tracking_name(vm_.dirty_pages().mode())},
+                      {"dirty_ring_entries", vm_.config().dirty_ring_entries},
+                      {"pid", ::getpid()}};
+  std::lock_guard lock(mu_);
+  j["user_paused"] = paused_by_us_;
+  if (incoming_) {
+    j["migration"] = {{"id", incoming_->id}, {"role", "destination"}, {"stage", "waiting"}};
+  } else if (sender_.stage() != MigrationSender::Stage::kIdle) {
+    j["migration"] = {
+        {"id", sender_.migration_id()}, {"role", "source"}, {"stage", sender_.stage_name()}};
   }
-  if (op == "stop") {
-    // The session sees the VM end and the process exits with the stopped status.
-    vm_.stop();
-    return {{"ok", true}};
+  return j;
+}
+
+nlohmann::json ControlServer::snapshot(const SnapshotArgs& args) {
+  state::SnapshotOptions options;
+  options.compression_level = args.compression;
+  options.leave_paused = args.stop;
+  options.diff = args.diff;
+  options.memory_file = args.memory_file;
+  if (sender_.generation() != dirty_generation_) {
+    // A migration since the last snapshot cleared KVM's dirty log: the next diff snapshot needs
+    // a new full one first.
+    dirty_ = state::DirtyTracker();
+    dirty_generation_ = sender_.generation();
   }
-  if (op == "pause") {
-    if (!paused_by_us_) vm_.pause();
+  options.tracker = &dirty_;
+  spdlog::info("snapshot to {} requested", args.path);
+  Result<state::CaptureStats> stats = state::save_snapshot(vm_, args.path, options);
+  if (!stats.ok()) return refused(stats.error().message());
+  if (options.leave_paused) {
+    std::lock_guard lock(mu_);
     paused_by_us_ = true;
-    return {{"ok", true}};
   }
-  if (op == "resume") {
-    if (paused_by_us_) vm_.resume();
+  return {{"ok", true},
+          {"path", args.path},
+          {"id", stats->snapshot_id},
+          {"bytes", stats->bytes},
+          {"records", stats->records},
+          {"pages", stats->pages},
+          {"zero_pages", stats->zero_pages},
+          {"seconds", std::chrono::duration<double>(stats->duration).count()},
+          {"paused", options.leave_paused}};
+}
+
+nlohmann::json ControlServer::switchover(const std::string& id) {
+  std::lock_guard lock(mu_);
+  if (!incoming_) {
+    // Asked again after it happened (a daemon that restarted and does not know it was done).
+    if (!id.empty() && id == switched_over_) return {{"ok", true}, {"resumed", !vm_.paused()}};
+    return refused(fmt::format("no migration {} waits for a switchover here", id));
+  }
+  if (id != incoming_->id) {
+    return refused(
+        fmt::format("this VM waits for the switchover of migration {}, not {}", incoming_->id, id));
+  }
+  bool stay_paused = incoming_->stay_paused;
+  switched_over_ = incoming_->id;
+  incoming_.reset();
+  if (!stay_paused && paused_by_us_) {
     paused_by_us_ = false;
-    return {{"ok", true}};
+    vm_.resume();
   }
-  if (op == "snapshot") {
-    if (migrating_)
-      return {{"ok", false}, {"error", "the VM is being migrated: snapshot it later"}};
-    std::string path = request.value("path", "");
-    if (path.empty()) return {{"ok", false}, {"error", "snapshot needs a path"}};
-    state::SnapshotOptions options;
-    options.compression_level = request.value("compression", 1);
-    options.leave_paused = request.value("stop", false);
-    options.diff = request.value("diff", false);
-    options.memory_file = request.value("memory_file", "");
-    options.tracker = &dirty_;
-    spdlog::info("snapshot to {} requested", path);
-    Result<state::CaptureStats> stats = state::save_snapshot(vm_, path, options);
-    if (!stats.ok()) return {{"ok", false}, {"error", stats.error().message()}};
-    if (options.leave_paused) paused_by_us_ = true;
-    return {{"ok", true},
-            {"path", path},
-            {"id", stats->snapshot_id},
-            {"bytes", stats->bytes},
-            {"records", stats->records},
-            {"pages", stats->pages},
-            {"zero_pages", stats->zero_pages},
-            {"seconds", std::chrono::duration<double>(stats->duration).count()},
-            {"paused", options.leave_paused}};
+  spdlog::info("migration {}: switched over; the VM {} here now", id,
+               stay_paused ? "is paused" : "runs");
+  return {{"ok", true}, {"resumed", !stay_paused}};
+}
+
+nlohmann::json ControlServer::discard(const std::string& id) {
+  {
+    std::lock_guard lock(mu_);
+    if (!incoming_ || id != incoming_->id) {
+      return refused(fmt::format("no migration {} waits for a switchover here", id));
+    }
   }
-  return {{"ok", false}, {"error", fmt::format("unknown control operation '{}'", op)}};
+  spdlog::info("migration {}: discarded; this copy of the VM ends without running", id);
+  vm_.stop();
+  return {{"ok", true}};
+}
+
+nlohmann::json ControlServer::handle(const ControlRequest& request) {
+  if (std::string why = refusal(request.op); !why.empty()) return refused(why);
+  switch (request.op) {
+    case ControlOp::kStatus:
+      return status();
+    case ControlOp::kStats: {
+      Result<std::vector<vmm::VcpuStats>> stats = vm_.exit_stats();
+      if (!stats.ok()) return refused(stats.error().message());
+      nlohmann::json vcpus = nlohmann::json::array();
+      for (const vmm::VcpuStats& v : *stats) {
+        nlohmann::json counters = nlohmann::json::object();
+        for (const auto& value : v.values) counters[value.name] = value.value;
+        vcpus.push_back({{"vcpu", v.vcpu}, {"counters", counters}});
+      }
+      return {{"ok", true}, {"vcpus", vcpus}};
+    }
+    case ControlOp::kGuestCpuFeatures:
+      // Kept by the vCPU when it was set: no ioctl, which would wait while the guest halts.
+      return {{"ok", true}, {"features", state::cpu_feature_names(vm_.vcpu(0).cpuid())}};
+    case ControlOp::kConsole:
+      vm_.console_input(reinterpret_cast<const uint8_t*>(request.console_data.data()),
+                        request.console_data.size());
+      return {{"ok", true}};
+    case ControlOp::kStop:
+      // The session sees the VM end and the process exits with the stopped status.
+      vm_.stop();
+      return {{"ok", true}};
+    case ControlOp::kPause: {
+      std::lock_guard lock(mu_);
+      if (!paused_by_us_) vm_.pause();
+      paused_by_us_ = true;
+      return {{"ok", true}};
+    }
+    case ControlOp::kResume: {
+      std::lock_guard lock(mu_);
+      if (paused_by_us_) vm_.resume();
+      paused_by_us_ = false;
+      return {{"ok", true}};
+    }
+    case ControlOp::kSnapshot:
+      return snapshot(request.snapshot);
+    case ControlOp::kMigrate:
+      return refused("migrate needs its own connection");
+    case ControlOp::kCancelMigration: {
+      Status cancelled = sender_.cancel();
+      if (!cancelled.ok()) return refused(cancelled.error().message());
+      return {{"ok", true}};
+    }
+    case ControlOp::kMigrationDecision: {
+      Status decided = sender_.decide(request.migration_id, request.commit);
+      if (!decided.ok()) return refused(decided.error().message());
+      return {{"ok", true}};
+    }
+    case ControlOp::kSwitchover:
+      return switchover(request.migration_id);
+    case ControlOp::kDiscard:
+      return discard(request.migration_id);
+  }
+  return refused("unknown control operation");
 }
 
 }  // namespace vmctl::vmprocess

@@ -1,15 +1,9 @@
-// The control socket of a foreground VM (`vmctl run --control PATH`, `vmctl restore --control`):
-// a unix socket that accepts one JSON request per connection and answers with one JSON line.
-// Requests: {"op":"snapshot","path":P,"stop":bool,"diff":bool,"compression":N,"memory_file":M},
-// {"op":"migrate",...,"dirty_tracking":"auto|bitmap|ring"} (the destination VM's mode; default:
-// this VM's),
-// {"op":"pause"}, {"op":"resume"}, {"op":"status"}, {"op":"stats"} (KVM exit statistics),
-// {"op":"console","data":S} (bytes to the guest's COM1), {"op":"stop"}.
-// Answers: {"ok":true,...} or {"ok":false,"error":"..."}. vmctld drives its VMs through it.
-// The socket file is created with mode 0600: only its owner may drive the VM.
+// The server side of a VM process's control socket (the protocol is in control_protocol.h).
 #pragma once
 
-#include <atomic>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -17,40 +11,55 @@
 
 #include "base/error.h"
 #include "base/fd.h"
-#include "migrate/grpc_target.h"
 #include "state/dirty_tracker.h"
 #include "vmm/vm.h"
+#include "vmprocess/control_protocol.h"
+#include "vmprocess/migration_sender.h"
 
 namespace vmctl::vmprocess {
+
+// The destination side of a migration whose switchover is pending in this process.
+struct IncomingMigration {
+  std::string id;
+  bool stay_paused = false;  // the VM was paused at the source: it stays paused here
+};
 
 class ControlServer {
  public:
   // `vm_paused`: the VM starts paused on the caller's behalf; a "resume" request releases it.
-  static Result<std::unique_ptr<ControlServer>> start(vmm::Vm& vm, const std::string& path,
-                                                      bool vm_paused = false);
+  // `incoming`: the VM was restored from a migration and waits (paused) for its switchover.
+  static Result<std::unique_ptr<ControlServer>> start(
+      vmm::Vm& vm, const std::string& path, bool vm_paused = false,
+      std::optional<IncomingMigration> incoming = std::nullopt);
   ~ControlServer();
+
+  // Exposed for the fuzzer and tests: one request line in, one answer out.
+  nlohmann::json handle_line(const std::string& line);
 
  private:
   ControlServer(vmm::Vm& vm, std::string path, Fd listener)
-      : vm_(vm), path_(std::move(path)), listener_(std::move(listener)) {}
+      : vm_(vm), path_(std::move(path)), listener_(std::move(listener)), sender_(vm) {}
   void serve();
-  nlohmann::json handle(const nlohmann::json& request);
-  // {"op":"migrate",...}: runs the pre-copy migration, one JSON progress line per round on
-  // `conn`, the last one with phase done/failed/cancelled. On success the VM ends here.
-  void migrate(const nlohmann::json& request, Fd conn);
-  // The destination's host report against the guest's CPU features (vmctl host-check's rules).
-  Status check_destination(migrate::GrpcMigrationTarget& target);
+  nlohmann::json handle(const ControlRequest& request);
+  // Why `op` may not run now (a switchover is pending), or empty.
+  std::string refusal(ControlOp op);
+  nlohmann::json status();
+  nlohmann::json snapshot(const SnapshotArgs& args);
+  nlohmann::json switchover(const std::string& id);
+  nlohmann::json discard(const std::string& id);
 
   vmm::Vm& vm_;
   std::string path_;
   Fd listener_;
   Fd wake_;  // eventfd that ends serve()
   std::thread thread_;
+  std::mutex mu_;  // the fields below
   bool paused_by_us_ = false;
-  state::DirtyTracker dirty_;  // for --diff snapshots
-  std::thread migration_thread_;
-  std::atomic<bool> migrating_{false};
-  std::atomic<bool> cancel_migration_{false};
+  std::optional<IncomingMigration> incoming_;
+  std::string switched_over_;      // the incoming migration that was switched over (idempotence)
+  state::DirtyTracker dirty_;      // for --diff snapshots
+  uint64_t dirty_generation_ = 0;  // the sender's generation dirty_ tracks from
+  MigrationSender sender_;
 };
 
 }  // namespace vmctl::vmprocess

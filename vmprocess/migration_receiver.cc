@@ -7,10 +7,12 @@
 
 #include <fmt/format.h>
 
+#include "base/fd.h"
 #include "base/size.h"
 #include "state/stream.h"
 #include "state/vm_state.h"
 #include "vmprocess/console.h"
+#include "vmprocess/control_server.h"
 #include "vmprocess/session.h"
 
 namespace vmctl::vmprocess {
@@ -29,12 +31,15 @@ int receive_migration(const ReceiveOptions& o) {
     Status redirected = redirect_console(o.console_log);
     if (!redirected.ok()) return fail(redirected.error());
   }
-  // The verdict goes back on the stream's descriptor: one line, RESTORED or FAILED.
-  int verdict_fd = ::dup(o.stream_fd);
+  if (o.control.empty() || o.migration_id.empty()) {
+    return fail(Error::user("receive needs --control and --migration-id (vmctld runs it)"));
+  }
+  Fd verdict_fd(::dup(o.stream_fd));
   auto verdict = [&](const std::string& line) {
     std::string text = line + "\n";
-    if (::write(verdict_fd, text.data(), text.size()) < 0) {
-      // The daemon is gone; the VM's fate is decided by what follows (the session, or exit).
+    if (::write(verdict_fd.get(), text.data(), text.size()) < 0) {
+      // The daemon is gone. Before READY that ends this process (the stream is cut); after it
+      // the VM waits for the restarted daemon.
     }
   };
   std::unique_ptr<state::FileSource> source =
@@ -50,17 +55,27 @@ int receive_migration(const ReceiveOptions& o) {
   Result<std::unique_ptr<vmm::Vm>> vm = state::restore_vm(reader, options);
   if (!vm.ok()) {
     verdict("FAILED " + vm.error().message());
-    ::close(verdict_fd);
     return fail(vm.error());
+  }
+  source.reset();
+  // The control socket first: once READY is said, the switchover may come at once.
+  Result<std::unique_ptr<ControlServer>> server = ControlServer::start(
+      **vm, o.control, /*vm_paused=*/true, IncomingMigration{o.migration_id, o.stay_paused});
+  if (!server.ok()) {
+    verdict("FAILED " + server.error().message());
+    return fail(server.error());
   }
   double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  // The session starts the vCPUs right after the verdict: acknowledged, then resumed.
-  verdict(fmt::format("RESTORED {:.3f}", ms));
-  ::close(verdict_fd);
-  std::fprintf(stderr, "vmctl: received the VM (%s, %u vCPUs); it runs here now\n",
-               format_size((*vm)->memory().ram_size()).c_str(), (*vm)->num_cpus());
-  return run_session(**vm, SessionOptions{false, false, false, o.control});
+  verdict(fmt::format("READY {:.3f}", ms));
+  verdict_fd.reset();
+  std::fprintf(stderr,
+               "vmctl: received the VM (%s, %u vCPUs); paused until migration %s switches "
+               "over\n",
+               format_size((*vm)->memory().ram_size()).c_str(), (*vm)->num_cpus(),
+               o.migration_id.c_str());
+  return run_session(**vm, SessionOptions{false, false, /*start_paused=*/true, o.control},
+                     std::move(server).value());
 }
 
 }  // namespace vmctl::vmprocess

@@ -1,6 +1,9 @@
 // The receiving end of a live migration, inside the VM process vmctld starts for it
-// (`vmctl receive`): the record stream arrives on a descriptor, the VM is restored from it, and the
-// verdict goes back on the same descriptor.
+// (`vmctl receive`; the "destination VM process" of migrate/protocol.md): the record stream
+// arrives on a descriptor, the VM is restored from it PAUSED, the verdict goes back on the same
+// descriptor ("READY <ms>" or "FAILED <why>", one line), and the VM runs only once vmctld sends
+// the switchover over the control socket (which is open before READY is said). A daemon that
+// goes away before that leaves the VM paused for its restarted self to settle.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +13,8 @@ namespace vmctl::vmprocess {
 
 struct ReceiveOptions {
   int stream_fd = -1;  // the record stream in, the verdict out
+  std::string migration_id;
+  bool stay_paused = false;  // the VM was paused at the source
   std::string control;
   std::string console_log;
   std::string dirty_tracking = "auto";

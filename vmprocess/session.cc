@@ -107,9 +107,9 @@ void block_stop_signals() {
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
-int run_session(vmm::Vm& vm, const SessionOptions& o) {
-  std::unique_ptr<ControlServer> control;
-  if (!o.control.empty()) {
+int run_session(vmm::Vm& vm, const SessionOptions& o, std::unique_ptr<ControlServer> server) {
+  std::unique_ptr<ControlServer> control = std::move(server);
+  if (!control && !o.control.empty()) {
     Result<std::unique_ptr<ControlServer>> server =
         ControlServer::start(vm, o.control, o.start_paused);
     if (!server.ok()) {

@@ -2,9 +2,11 @@
 // signals, stdin, the control socket, running to the end and reporting the outcome.
 #pragma once
 
+#include <memory>
 #include <string>
 
 #include "vmm/vm.h"
+#include "vmprocess/control_server.h"
 
 namespace vmctl::vmprocess {
 
@@ -16,7 +18,10 @@ struct SessionOptions {
   bool start_paused = false;
   std::string control;
 };
-int run_session(vmm::Vm& vm, const SessionOptions& options);
+// `server`: a control server started already (a receiving VM opens its socket before it says
+// READY); otherwise one is started on `options.control` if that is set.
+int run_session(vmm::Vm& vm, const SessionOptions& options,
+                std::unique_ptr<ControlServer> server = nullptr);
 
 // Blocks SIGINT/SIGTERM/SIGHUP in this and every later thread (the session's watcher takes them).
 void block_stop_signals();

@@ -5,6 +5,10 @@
  *   rate=N        MiB per second to dirty; 0 = as fast as the guest can (default 0)
  *   hb_ms=N       heartbeat period in milliseconds (default 1000)
  *   exit_after=N  end the VM with status 0 after heartbeat N
+ *   halt=cli      once every page is written, print "HALT cli" and stop in `cli; hlt` for good, as
+ *                 a panicked kernel does (nothing but NMI or INIT wakes the vCPU)
+ *   halt=idle     the same with interrupts on but the timer stopped: `sti; hlt` with nothing to
+ *                 wake it, as a tickless kernel idles
  * Console commands: "verify" checks every page now and prints "VERIFY pages=.. mismatches=..";
  * "exit N" ends the VM with status N.
  *
@@ -84,11 +88,36 @@ static void verify_all(struct dirtier* d) {
   rt_printf("VERIFY pages=%lu mismatches=%lu\n", checked, d->mismatches - before);
 }
 
+/* Ring 0 (rt_ring0_call): the vCPU halts and stays halted. */
+static uint64_t halt_forever(uint64_t interrupts_on) {
+  if (!interrupts_on) {
+    for (;;) __asm__ volatile("cli; hlt" ::: "memory");
+  }
+  rt_lapic_write(RT_LAPIC_LVT_TIMER, 1u << 16); /* masked */
+  rt_lapic_write(RT_LAPIC_TIMER_INITIAL, 0);    /* and stopped */
+  for (;;) __asm__ volatile("sti; hlt; cli" ::: "memory");
+  return 0;
+}
+
+/* "halt=cli" -> 1, "halt=idle" -> 2, otherwise 0. */
+static int halt_mode(void) {
+  static const char key[] = "halt=";
+  for (const char* p = rt_cmdline; *p; ++p) {
+    if ((p == rt_cmdline || p[-1] == ' ') && strncmp(p, key, sizeof(key) - 1) == 0) {
+      const char* v = p + sizeof(key) - 1;
+      if (strncmp(v, "cli", 3) == 0) return 1;
+      if (strncmp(v, "idle", 4) == 0) return 2;
+    }
+  }
+  return 0;
+}
+
 void user_main(void) {
   uint64_t mib = rt_arg("mib", 64);
   uint64_t rate = rt_arg("rate", 0);
   uint64_t hb_ms = rt_arg("hb_ms", 1000);
   uint64_t exit_after = rt_arg("exit_after", 0);
+  int halt = halt_mode();
   if (hb_ms == 0) hb_ms = 1000;
 
   struct dirtier d = {0};
@@ -138,6 +167,10 @@ void user_main(void) {
                   tenths % 10, dirtied / 256, d.mismatches);
         if (exit_after && hb >= exit_after) rt_exit(0);
       }
+    }
+    if (halt && dirtied >= d.pages) {
+      rt_printf("HALT %s pages=%lu\n", halt == 1 ? "cli" : "idle", d.pages);
+      rt_ring0_call(halt_forever, halt == 2);
     }
     if (rate == 0) {
       for (int i = 0; i < 64; ++i) dirty_one(&d);

@@ -91,6 +91,23 @@ std::string Daemon::log() {
   return process_ ? process_->err() : "";
 }
 
+// The test's channel may have gone idle while the test did other things, and a call on a
+// connection that is just being torn down fails with UNAVAILABLE before it reaches the daemon:
+// that one is tried again (a create that did reach it answers "exists already").
+grpc::Status Daemon::create_with_retry(const v1::CreateVmRequest& request, v1::VmInfo* out) {
+  grpc::Status s;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    grpc::ClientContext context;
+    context.set_wait_for_ready(true);
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(120));
+    v1::VmInfo info;
+    s = stub_->CreateVm(&context, request, &info);
+    if (out) *out = info;
+    if (s.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+  }
+  return s;
+}
+
 grpc::Status Daemon::create(const std::string& name, const std::string& kernel,
                             const std::string& cmdline, uint64_t memory, unsigned cpus,
                             v1::VmInfo* out) {
@@ -106,10 +123,7 @@ grpc::Status Daemon::create(const std::string& name, const std::string& kernel,
   if (const char* tracking = std::getenv("VMCTL_TEST_DIRTY_TRACKING")) {
     request.mutable_config()->set_dirty_tracking(tracking);
   }
-  v1::VmInfo info;
-  grpc::Status s = stub_->CreateVm(&context, request, &info);
-  if (out) *out = info;
-  return s;
+  return create_with_retry(request, out);
 }
 
 grpc::Status Daemon::create(const std::string& name, const v1::VmConfig& config, v1::VmInfo* out) {
@@ -118,14 +132,17 @@ grpc::Status Daemon::create(const std::string& name, const v1::VmConfig& config,
   request.set_name(name);
   request.set_start(true);
   *request.mutable_config() = config;
-  v1::VmInfo info;
-  grpc::Status s = stub_->CreateVm(&context, request, &info);
-  if (out) *out = info;
-  return s;
+  return create_with_retry(request, out);
 }
 
 v1::VmInfo Daemon::get(const std::string& name, grpc::Status* status) {
+  if (!stub_) {
+    if (status) *status = grpc::Status(grpc::StatusCode::UNAVAILABLE, "the daemon is not running");
+    return v1::VmInfo();
+  }
   grpc::ClientContext context;
+  // A daemon under test may be stopped or dead: a question to it must not hang the test.
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::VmRef ref;
   ref.set_name(name);
   v1::VmInfo info;
@@ -138,6 +155,7 @@ grpc::Status Daemon::call(grpc::Status (v1::Vmctl::Stub::*method)(grpc::ClientCo
                                                                   const v1::VmRef&, v1::VmInfo*),
                           const std::string& name, v1::VmInfo* out) {
   grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
   v1::VmRef ref;
   ref.set_name(name);
   v1::VmInfo info;

@@ -41,6 +41,10 @@ class Daemon {
 
   void start();
   void stop(int sig = SIGTERM);  // and wait for it to exit
+  // The next start() runs through this prefix instead (another environment for fault injection).
+  void set_prefix(std::vector<std::string> prefix) { prefix_ = std::move(prefix); }
+  const std::vector<std::string>& prefix() const { return prefix_; }
+  pid_t pid() const { return process_ ? process_->pid() : -1; }
   bool running() const { return process_ != nullptr; }
   std::string socket() const { return dir_ + "/vmctld.sock"; }
   std::string address() const { return "unix:" + socket(); }
@@ -66,6 +70,7 @@ class Daemon {
   bool wait_state(const std::string& name, v1::VmState state, std::chrono::milliseconds timeout);
 
  private:
+  grpc::Status create_with_retry(const v1::CreateVmRequest& request, v1::VmInfo* out);
   std::string dir_;
   std::vector<std::string> extra_, prefix_;
   std::unique_ptr<VmctlProcess> process_;
