@@ -21,6 +21,7 @@
 #include "state/cpu_features.h"
 #include "state/lapic.h"
 #include "state/memory_file.h"
+#include "state/stream_limits.h"
 #include "vmm/devices/cmos_rtc.h"
 #include "vmm/devices/serial.h"
 
@@ -31,7 +32,7 @@ namespace ps = proto::state;
 using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kPageSize = 4096;
-constexpr uint32_t kPagesPerRecord = 256;  // 1 MiB of memory per MemoryPages record
+constexpr uint32_t kPagesPerRecord = kPagesPerMemoryRecord;  // readers bound records by it
 constexpr uint32_t kMsrTscDeadline = 0x6e0;
 constexpr uint32_t kMsrApicBase = 0x1b;
 // MTRRs are not in KVM_GET_MSR_INDEX_LIST but are guest state (KVM-STATE.md).
