@@ -116,6 +116,7 @@ Status ControlServer::check_destination(migrate::GrpcMigrationTarget& target) {
   nlohmann::json destination = nlohmann::json::parse(text, nullptr, false);
   if (destination.is_discarded())
     return Error::failure("the destination's host report is not JSON");
+  TRY(state::validate_host_report(destination, "the destination's host report"));
   nlohmann::json here = TRY(local.get());
   std::vector<vmm::CpuidEntry> cpuid = TRY(vm_.vcpu(0).fd().get_cpuid2());
   std::vector<std::string> guest = state::cpu_feature_names(cpuid);
