@@ -1354,9 +1354,11 @@ auto catching_malformed(const std::string& name, F&& body) -> decltype(body()) {
   try {
     return body();
   } catch (const kj::Exception& e) {
-    return Error::user(fmt::format("{}: malformed record: {}", name, e.getDescription().cStr()));
+    return Error::user(fmt::format("{}: malformed record: {}", sanitize_text(name),
+                                   sanitize_text(e.getDescription().cStr())));
   } catch (const std::exception& e) {
-    return Error::user(fmt::format("{}: malformed record: {}", name, e.what()));
+    return Error::user(
+        fmt::format("{}: malformed record: {}", sanitize_text(name), sanitize_text(e.what())));
   }
 }
 
