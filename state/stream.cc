@@ -384,6 +384,12 @@ Status RecordReader::check_sizes(const FrameHeader& header) const {
                                what, header.raw_size, known ? what : "record of a newer type",
                                limit.max_raw_bytes));
   }
+  // Writers keep the compressed form only when it is smaller, so the stored bytes (which are read
+  // into memory first) are bounded by the raw limit too.
+  if ((header.flags & kFrameZstd) && header.stored_size >= header.raw_size) {
+    return corrupt(fmt::format("the {} stores {} compressed bytes for {} raw ones: corrupt", what,
+                               header.stored_size, header.raw_size));
+  }
   // Writers before format 1.2 did not bound the ratio: their (unnumbered) records are bounded by
   // size alone. Every numbered record is held to it, whatever minor it claims.
   bool bounded_ratio = header.minor >= kFirstNumberedMinor || header.sequence != 0;

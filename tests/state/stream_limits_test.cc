@@ -157,6 +157,15 @@ TEST(RecordLimits, ZstdBombIsRefusedBeforeDecompressing) {
   EXPECT_NE(error.find("more than x64"), std::string::npos) << error;
 }
 
+TEST(RecordLimits, CompressedPayloadLargerThanItsRawFormIsRefusedBeforeReadingIt) {
+  // 64 raw bytes claimed, 200 MiB "compressed": the stored bytes would be allocated first.
+  std::string error = read_all(claim(kMemoryPages, 64, 200 << 20, kFrameZstd));
+  EXPECT_NE(error.find("the memory-pages record stores 209715200 compressed bytes for 64 raw ones: "
+                       "corrupt"),
+            std::string::npos)
+      << error;
+}
+
 TEST(RecordLimits, RealZstdBombInANumberedStreamIsRefused) {
   std::vector<uint8_t> raw = uniform_memory_payload(0xff);
   std::vector<uint8_t> packed = zstd(raw);
