@@ -300,11 +300,13 @@ int host_check_command(DaemonOptions& o) {
   for (int i = 0; i < 2; ++i) {
     std::ifstream in(o.reports[i]);
     hosts[i] = nlohmann::json::parse(in, nullptr, false);
-    if (!in || hosts[i].is_discarded() || !hosts[i].contains("guest_cpu_features")) {
+    if (!in || hosts[i].is_discarded()) {
       std::fprintf(stderr, "vmctl: %s is not a report from `vmctl host-info --json`\n",
                    o.reports[i].c_str());
       return 2;
     }
+    Status valid = state::validate_host_report(hosts[i], "report " + o.reports[i]);
+    if (!valid.ok()) return connect_failed(valid.error());
   }
   std::optional<std::vector<std::string>> guest;
   if (!o.guest_snapshot.empty()) {

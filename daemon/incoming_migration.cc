@@ -15,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "base/fault.h"
+#include "base/text.h"
 #include "daemon/host_report_cache.h"
 #include "state/stream.h"
 #include "vmm/dirty_pages.h"
@@ -51,14 +52,10 @@ uint64_t host_memory_bytes() {
   return 0;
 }
 
-// Peer text (names, reasons) goes into logs and replies: printable ASCII only, bounded.
+// Peer text (names, reasons) goes into logs and replies: valid UTF-8, no control characters,
+// bounded.
 std::string printable(const std::string& text, size_t max = 200) {
-  std::string out;
-  for (char c : text.substr(0, max)) {
-    out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  }
-  if (text.size() > max) out += "...";
-  return out;
+  return sanitize_text(text, max);
 }
 
 v1::MigrationEvent event(v1::MigrationEvent::Kind kind, const std::string& error = "") {

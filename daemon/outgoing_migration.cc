@@ -57,40 +57,13 @@ void fill_progress(const nlohmann::json& j, v1::MigrationProgress* p) {
   p->set_elapsed_seconds(number("elapsed_seconds"));
 }
 
-// The fields check_move reads, with their types: the report comes from a peer.
-Status validate_report_shape(const nlohmann::json& r) {
-  auto object = [&](const nlohmann::json& j, const char* key) {
-    return j.contains(key) && j[key].is_object();
-  };
-  if (!r.contains("guest_cpu_features") || !r["guest_cpu_features"].is_array()) {
-    return Error::user("the destination's host report is malformed: no guest_cpu_features list");
-  }
-  for (const auto& f : r["guest_cpu_features"]) {
-    if (!f.is_string()) {
-      return Error::user("the destination's host report is malformed: a CPU feature is not a name");
-    }
-  }
-  if (!object(r, "kvm") || !object(r["kvm"], "capabilities") || !object(r, "cpu")) {
-    return Error::user("the destination's host report is malformed: no kvm.capabilities or cpu");
-  }
-  return ok_status();
-}
-
 // Whether the guest can run there: the destination's report comes from a peer and is checked
 // before it is compared with ours.
 Status check_destination(const std::string& report_text, const std::vector<std::string>& guest) {
-  nlohmann::json there = nlohmann::json::parse(report_text, nullptr, /*allow_exceptions=*/false);
-  if (there.is_discarded() || !there.is_object()) {
-    return Error::user("the destination's host report is malformed: not a JSON object");
-  }
-  TRY(validate_report_shape(there));
+  nlohmann::json there =
+      TRY(state::parse_host_report(report_text, "the destination's host report"));
   nlohmann::json here = TRY(cached_host_report());
-  state::MoveVerdict verdict;
-  try {
-    verdict = state::check_move(here, there, &guest);
-  } catch (const std::exception& e) {
-    return Error::user(fmt::format("the destination's host report is malformed: {}", e.what()));
-  }
+  state::MoveVerdict verdict = state::check_move(here, there, &guest);
   if (verdict.can_move) return ok_status();
   std::string why;
   for (const std::string& r : verdict.reasons) {

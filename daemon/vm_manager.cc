@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "base/text.h"
 #include "vmm/dirty_pages.h"
 #include "vmprocess/control_client.h"
 
@@ -159,7 +160,8 @@ v1::VmInfo VmManager::info(const Entry& e) const {
   *i.mutable_config() = e.config;
   i.set_pid(e.pid);
   i.set_console_log(console_path(e.name));
-  i.set_error(e.error);
+  // Errors quote VM processes and peers: protobuf strings must be UTF-8, logs must stay lines.
+  i.set_error(sanitize_text(e.error, 4096));
   i.set_exit_code(e.exit_code);
   i.set_created_unix_ms(e.created_unix_ms);
   i.set_migrated_to(e.migrated_to);

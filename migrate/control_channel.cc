@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "base/text.h"
+
 namespace vmctl::migrate {
 
 Result<std::unique_ptr<ControlChannel>> ControlChannel::open(const std::string& destination,
@@ -61,7 +63,7 @@ void ControlChannel::read_events() {
         break;
       case v1::MigrationEvent::FAILED:
         e.kind = ControlEvent::Kind::kFailed;
-        e.error = event.error();
+        e.error = sanitize_text(event.error(), 2048);  // the peer's words, into logs and RPCs
         e.after_switchover = event.after_switchover();
         break;
       default:

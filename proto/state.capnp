@@ -1,7 +1,7 @@
 @0xbf2d46aa9abf780a;
 # vmctl state records: the one format for snapshot files and the live-migration wire.
 #
-# A stream is a sequence of frames (see state/frame.h): a Header record first, then typed records,
+# A stream is a sequence of frames (see state/stream.h): a Header record first, then typed records,
 # then a Trailer. Every frame names its record type and the schema version its payload was written
 # with; the payload is one of the structs below as a Cap'n Proto message (optionally zstd
 # compressed, always checksummed).
@@ -11,6 +11,8 @@
 #     treat as unknown, or adding a record type that old readers may skip is a MINOR bump
 #     (formatMinor + 1). Old readers ignore what they do not know; Cap'n Proto guarantees that
 #     new fields read as their defaults in old data.
+#   - Giving a meaning to a frame header field marked reserved (old readers ignore it, and old
+#     writers left it zero) is also a MINOR bump.
 #   - Anything else (renaming a field's meaning, changing a type, removing a field, changing the
 #     frame layout, changing how memory or the LAPIC are encoded) is a MAJOR bump (formatMajor + 1,
 #     formatMinor = 0).
@@ -24,12 +26,15 @@
 # HISTORY
 #   1.0  first format
 #   1.1  memoryFile record (guest RAM in a separate raw file, for lazy restore), REQUIRED flag
+#   1.2  frames carry a record sequence number (1, 2, 3, ... in the formerly reserved field at
+#        offset 12; older readers ignore it), so a dropped or duplicated record is detected;
+#        migration streams must be numbered. Compressed records stay within a per-type ratio.
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("vmctl::proto::state");
 
 const formatMajor :UInt16 = 1;
-const formatMinor :UInt16 = 1;
+const formatMinor :UInt16 = 2;
 
 # The 16-bit record type in each frame header.
 enum RecordType {
@@ -98,8 +103,9 @@ struct Capability {
 }
 
 struct Trailer {
-  recordCount @0 :UInt64;      # records before the trailer, header included
-  memoryPages @1 :UInt64;      # pages carried by memoryPages records
+  recordCount @0 :UInt64;      # records before the trailer, header included (checked)
+  memoryPages @1 :UInt64;      # pages carried by memoryPages records (checked; with a memory
+                               # file: the non-zero pages in that file)
   zeroPagesElided @2 :UInt64;
 }
 

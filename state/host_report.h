@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -16,6 +17,7 @@ namespace vmctl::state {
 // shadow, APIC virtualization, EPT/NPT, VPID, PML) from what the kernel publishes, "unknown" where
 // nothing tells.
 Result<nlohmann::json> host_report();
+// For people; a report that does not validate is formatted as the reason.
 std::string format_host_report(const nlohmann::json& report);
 
 struct MoveVerdict {
@@ -23,9 +25,21 @@ struct MoveVerdict {
   std::vector<std::string> reasons;  // one line each: "ok: ..." / "blocks: ..." / "note: ..."
 };
 
+// Checks a report (from a peer, a file) field by field: presence, types, ranges, sizes (names and
+// lists are bounded), valid UTF-8. `whose` starts the message: "the destination's host report is
+// malformed: field kvm.capabilities.xsave2 is not a number". Only a report that passes is read by
+// the functions here; none of them throws.
+Status validate_host_report(const nlohmann::json& report,
+                            std::string_view whose = "the host report");
+// Parses (at most 1 MiB, without exceptions) and validates.
+Result<nlohmann::json> parse_host_report(std::string_view text,
+                                         std::string_view whose = "the host report");
+
 // Can a guest move from host `from` to host `to` (reports from host_report)? With
 // `guest_features` (the features the guest was given), only those matter; without, every
-// feature `from` offers does (a guest there may have been given any of them).
+// feature `from` offers does (a guest there may have been given any of them). A report that does
+// not validate blocks the move with the reason (`to` is "the destination's", `from` "this
+// host's"). Names from the reports are sanitised in the reasons.
 MoveVerdict check_move(const nlohmann::json& from, const nlohmann::json& to,
                        const std::vector<std::string>* guest_features = nullptr);
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <kj/exception.h>
 
+#include "base/text.h"
 #include "state/lapic.h"
 
 namespace vmctl::state {
@@ -12,6 +13,10 @@ namespace ps = proto::state;
 
 std::string hex(uint64_t v) {
   return fmt::format("0x{:x}", v);
+}
+
+std::string text(capnp::Text::Reader t, size_t max_bytes = 512) {
+  return sanitize_text(std::string_view(t.begin(), t.size()), max_bytes);
 }
 
 const char* kind_name(ps::StreamKind kind) {
@@ -86,8 +91,8 @@ Result<nlohmann::json> inspect_stream(RecordReader& reader) {
   try {
     return inspect_records(reader);
   } catch (const kj::Exception& e) {
-    return Error::user(
-        fmt::format("{}: malformed record: {}", reader.name(), e.getDescription().cStr()));
+    return Error::user(fmt::format("{}: malformed record: {}", reader.name(),
+                                   sanitize_text(e.getDescription().cStr())));
   } catch (const std::exception& e) {
     return Error::user(fmt::format("{}: malformed record: {}", reader.name(), e.what()));
   }
@@ -115,19 +120,20 @@ Result<nlohmann::json> inspect_records(RecordReader& reader) {
         auto h = msg->getRoot<ps::Header>();
         auto g = h.getGuest();
         auto host = h.getHost();
+        // Text from the file goes into JSON (dump() throws on invalid UTF-8) and onto a terminal.
         out["header"] = {{"format", fmt::format("{}.{}", h.getFormatMajor(), h.getFormatMinor())},
-                         {"producer", h.getProducer().cStr()},
+                         {"producer", text(h.getProducer())},
                          {"kind", kind_name(h.getKind())},
-                         {"id", h.getSnapshotId().cStr()},
-                         {"parent", h.getParentId().cStr()},
+                         {"id", text(h.getSnapshotId())},
+                         {"parent", text(h.getParentId())},
                          {"created_unix_ns", h.getCreatedUnixNs()},
                          {"memory_bytes", g.getMemorySize()},
                          {"vcpus", g.getVcpuCount()},
-                         {"cmdline", g.getCmdline().cStr()},
+                         {"cmdline", text(g.getCmdline(), 4096)},
                          {"host",
-                          {{"hostname", host.getHostname().cStr()},
-                           {"kernel", host.getKernelRelease().cStr()},
-                           {"cpu", fmt::format("{} family {} model {}", host.getCpuVendor().cStr(),
+                          {{"hostname", text(host.getHostname())},
+                           {"kernel", text(host.getKernelRelease())},
+                           {"cpu", fmt::format("{} family {} model {}", text(host.getCpuVendor()),
                                                host.getCpuFamily(), host.getCpuModel())},
                            {"tsc_khz", host.getTscKhz()}}}};
         break;
@@ -146,7 +152,7 @@ Result<nlohmann::json> inspect_records(RecordReader& reader) {
       }
       case ps::RecordType::MEMORY_FILE: {
         auto file = msg->getRoot<ps::MemoryFile>();
-        out["memory_file"] = {{"path", file.getPath().cStr()},
+        out["memory_file"] = {{"path", text(file.getPath(), 4096)},
                               {"ram_bytes", file.getRamSize()},
                               {"file_bytes", file.getFileSize()}};
         break;

@@ -9,6 +9,8 @@
 
 #include <fmt/format.h>
 
+#include "base/text.h"
+
 namespace vmctl::state {
 namespace {
 
@@ -69,40 +71,42 @@ Result<MemoryFileStats> write_memory_file(const vmm::GuestMemory& memory, FileSi
 
 Result<Fd> open_memory_file(const std::string& path, uint64_t ram_size,
                             const std::string& snapshot_id) {
+  // The path comes from the snapshot and the id from the memory file: sanitised for messages.
+  const std::string shown = sanitize_text(path, 4096);
   int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (raw < 0) {
     return Error::user(
-        fmt::format("cannot open the snapshot's memory file {}: {}", path, std::strerror(errno)));
+        fmt::format("cannot open the snapshot's memory file {}: {}", shown, std::strerror(errno)));
   }
   Fd fd(raw);
   MemoryFileHeader header{};
   ssize_t n = ::pread(fd.get(), &header, sizeof header, 0);
   if (n != static_cast<ssize_t>(sizeof header) ||
       std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) {
-    return Error::user(fmt::format("{} is not a vmctl memory file", path));
+    return Error::user(fmt::format("{} is not a vmctl memory file", shown));
   }
   if (header.version != kVersion || header.header_size != kMemoryFileHeaderSize) {
     return Error::user(
         fmt::format("memory file {} has layout version {} (this vmctl reads {}): upgrade vmctl",
-                    path, header.version, kVersion));
+                    shown, header.version, kVersion));
   }
   std::string id(header.snapshot_id, strnlen(header.snapshot_id, sizeof header.snapshot_id));
   if (id != snapshot_id) {
     return Error::user(fmt::format(
         "memory file {} belongs to snapshot {}, not to this snapshot ({}): it was overwritten "
         "by a later snapshot; restore that snapshot or the matching memory file",
-        path, id, snapshot_id));
+        shown, sanitize_text(id, 80), sanitize_text(snapshot_id, 80)));
   }
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) {
-    return Error::from_errno(fmt::format("fstat {}", path), errno);
+    return Error::from_errno(fmt::format("fstat {}", shown), errno);
   }
   uint64_t expected = kMemoryFileHeaderSize + ram_size;
   if (header.ram_size != ram_size || static_cast<uint64_t>(st.st_size) != expected) {
     return Error::user(fmt::format(
         "memory file {} is {} bytes for {} bytes of RAM, but the snapshot needs {} bytes: it is "
         "truncated or from another machine",
-        path, st.st_size, header.ram_size, expected));
+        shown, st.st_size, header.ram_size, expected));
   }
   return fd;
 }
@@ -117,7 +121,9 @@ Status read_memory_file(int fd, const std::string& path, vmm::GuestMemory& memor
       // (and so allocating) the guest pages.
       off_t data = ::lseek(fd, static_cast<off_t>(file_offset + done), SEEK_DATA);
       if (data < 0 && errno == ENXIO) break;  // only holes remain
-      if (data < 0) return Error::from_errno(fmt::format("reading {}", path), errno);
+      if (data < 0) {
+        return Error::from_errno(fmt::format("reading {}", sanitize_text(path, 4096)), errno);
+      }
       uint64_t start = static_cast<uint64_t>(data) - file_offset;
       if (start >= region.size) break;
       off_t hole = ::lseek(fd, data, SEEK_HOLE);
@@ -128,7 +134,7 @@ Status read_memory_file(int fd, const std::string& path, vmm::GuestMemory& memor
         ssize_t n = ::pread(fd, base + start, end - start, static_cast<off_t>(file_offset + start));
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
-          return Error::user(fmt::format("reading memory file {}: {}", path,
+          return Error::user(fmt::format("reading memory file {}: {}", sanitize_text(path, 4096),
                                          n < 0 ? std::strerror(errno) : "unexpected end"));
         }
         start += static_cast<uint64_t>(n);

@@ -15,6 +15,9 @@
 #include <capnp/serialize.h>
 #include <fmt/format.h>
 
+#include "base/text.h"
+#include "state/stream_limits.h"
+
 namespace vmctl::state {
 namespace {
 
@@ -261,15 +264,19 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   if (ZSTD_isError(n)) {
     return Error::failure(fmt::format("zstd compression failed: {}", ZSTD_getErrorName(n)));
   }
-  // Keep whatever is smaller: random data does not compress.
-  if (n < raw.size()) {
+  // Keep whatever is smaller (random data does not compress), unless it compresses so well that a
+  // reader would take it for a zstd bomb (stream_limits.h): then raw.
+  uint64_t max_ratio = record_limit(header.type).max_compression_ratio;
+  if (n < raw.size() && raw.size() <= n * max_ratio) {
     stored = scratch.data();
     stored_size = n;
     header.flags |= kFrameZstd;
   }
   header.stored_size = stored_size;
-  header.checksum = frame_checksum(header, kj::arrayPtr(stored, stored_size));
+  // Numbered and checksummed under the lock: records reach the sink in the order of their numbers.
   std::lock_guard lock(mu_);
+  header.sequence = TRY(next_sequence());
+  header.checksum = frame_checksum(header, kj::arrayPtr(stored, stored_size));
   TRY(sink_.write(&header, sizeof(header)));
   TRY(sink_.write(stored, stored_size));
   ++records_;
@@ -277,8 +284,37 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   return ok_status();
 }
 
-Status RecordWriter::append_encoded(const std::vector<uint8_t>& frames, uint64_t records) {
+Result<uint32_t> RecordWriter::next_sequence() const {
+  if (records_ >= UINT32_MAX) {
+    return Error::failure("the stream has more records than its 32-bit numbering can count");
+  }
+  return static_cast<uint32_t>(records_ + 1);
+}
+
+Status RecordWriter::append_encoded(std::vector<uint8_t>& frames, uint64_t records) {
   std::lock_guard lock(mu_);
+  // The frames were numbered 1, 2, ... by the writer that encoded them; here they follow this
+  // stream's records. Only the header and the checksum change (the payload is hashed again).
+  size_t pos = 0;
+  for (uint64_t i = 0; i < records; ++i) {
+    FrameHeader header;
+    if (frames.size() - pos < sizeof(header)) {
+      return Error::failure("append_encoded: fewer frames than records");
+    }
+    std::memcpy(&header, frames.data() + pos, sizeof(header));
+    if (header.magic != kFrameMagic || frames.size() - pos - sizeof(header) < header.stored_size) {
+      return Error::failure("append_encoded: the encoded frames are not whole");
+    }
+    if (records_ + i >= UINT32_MAX) {
+      return Error::failure("the stream has more records than its 32-bit numbering can count");
+    }
+    header.sequence = static_cast<uint32_t>(records_ + i + 1);
+    const uint8_t* payload = frames.data() + pos + sizeof(header);
+    header.checksum = frame_checksum(header, kj::arrayPtr(payload, header.stored_size));
+    std::memcpy(frames.data() + pos, &header, sizeof(header));
+    pos += sizeof(header) + header.stored_size;
+  }
+  if (pos != frames.size()) return Error::failure("append_encoded: more frames than records");
   if (!frames.empty()) TRY(sink_.write(frames.data(), frames.size()));
   records_ += records;
   bytes_ += frames.size();
@@ -302,6 +338,7 @@ Status RecordWriter::write_segments(RecordType type, capnp::MessageBuilder& mess
   }
   FrameHeader header = record_header(type, raw_size);
   header.stored_size = raw_size;
+  header.sequence = TRY(next_sequence());
   kj::ArrayPtr<const kj::byte> table(reinterpret_cast<const kj::byte*>(segment_table_.data()),
                                      table_words * sizeof(capnp::word));
   header.checksum = frame_checksum(header, table, segments);
@@ -323,8 +360,82 @@ std::unique_ptr<capnp::FlatArrayMessageReader> Record::message() const {
   return std::make_unique<capnp::FlatArrayMessageReader>(payload.asPtr(), options);
 }
 
+RecordReader::RecordReader(ByteSource& source, const std::string& name)
+    : source_(source), name_(sanitize_text(name)) {}
+
 Error RecordReader::corrupt(const std::string& what) const {
   return Error::user(fmt::format("{}: record {} at byte {}: {}", name_, index_, offset_, what));
+}
+
+// From the frame header alone, before anything is allocated: a record larger than its type can be
+// or compressed beyond what real data compresses to (a zstd bomb) is refused.
+Status RecordReader::check_sizes(const FrameHeader& header) const {
+  if (header.stored_size > kMaxRecordSize || header.raw_size > kMaxRecordSize) {
+    return corrupt(fmt::format("frame claims {} bytes, more than any record can hold: corrupt",
+                               std::max(header.stored_size, header.raw_size)));
+  }
+  const RecordLimit limit = record_limit(header.type, guest_memory_size_);
+  const bool known = header.type < known_record_types();
+  const std::string what =
+      known ? fmt::format("{} record", record_type_name(static_cast<RecordType>(header.type)))
+            : fmt::format("record of unknown type {}", header.type);
+  if (header.raw_size > limit.max_raw_bytes) {
+    return corrupt(fmt::format("the {} claims {} bytes, more than a {} can hold ({}): corrupt",
+                               what, header.raw_size, known ? what : "record of a newer type",
+                               limit.max_raw_bytes));
+  }
+  // Writers keep the compressed form only when it is smaller, so the stored bytes (which are read
+  // into memory first) are bounded by the raw limit too.
+  if ((header.flags & kFrameZstd) && header.stored_size >= header.raw_size) {
+    return corrupt(fmt::format("the {} stores {} compressed bytes for {} raw ones: corrupt", what,
+                               header.stored_size, header.raw_size));
+  }
+  // Writers before format 1.2 did not bound the ratio: their (unnumbered) records are bounded by
+  // size alone. Every numbered record is held to it, whatever minor it claims.
+  bool bounded_ratio = header.minor >= kFirstNumberedMinor || header.sequence != 0;
+  if ((header.flags & kFrameZstd) && bounded_ratio &&
+      header.raw_size > header.stored_size * limit.max_compression_ratio) {
+    return corrupt(fmt::format(
+        "the {} expands from {} to {} bytes, more than x{} (a zstd bomb, not compressed data): "
+        "corrupt",
+        what, header.stored_size, header.raw_size, limit.max_compression_ratio));
+  }
+  return ok_status();
+}
+
+// Records of format 1.2 on are numbered 1, 2, 3, ...; older streams leave every number 0. A gap
+// means a record was lost on its way, a repeat that one was delivered twice: either would restore
+// a different machine than was saved, record checksums notwithstanding.
+Status RecordReader::check_sequence(const FrameHeader& header) {
+  if (header.minor >= kFirstNumberedMinor && header.sequence == 0) {
+    return corrupt(
+        fmt::format("the record is not numbered, but format 1.{} on numbers every record: corrupt",
+                    kFirstNumberedMinor));
+  }
+  if (index_ == 0) {
+    numbered_ = header.sequence != 0;
+    if (numbered_ && header.sequence != 1) {
+      return corrupt(fmt::format(
+          "the stream's first record is numbered {}, not 1: the records before it are missing",
+          header.sequence));
+    }
+  } else if (!numbered_ && header.sequence != 0) {
+    return corrupt(
+        fmt::format("record numbered {} in a stream whose first record is not numbered: corrupt",
+                    header.sequence));
+  } else if (numbered_ && header.sequence != last_sequence_ + 1) {
+    uint32_t expected = last_sequence_ + 1;
+    std::string why =
+        header.sequence > expected
+            ? fmt::format("{} record{} missing (dropped)", header.sequence - expected,
+                          header.sequence - expected == 1 ? " is" : "s are")
+            : std::string(header.sequence == last_sequence_ ? "a record is duplicated"
+                                                            : "records are replayed or reordered");
+    return corrupt(fmt::format("record numbered {} follows record {}: {}", header.sequence,
+                               last_sequence_, why));
+  }
+  last_sequence_ = header.sequence;
+  return ok_status();
 }
 
 Result<std::optional<Record>> RecordReader::next() {
@@ -350,10 +461,7 @@ Result<std::optional<Record>> RecordReader::next() {
         "{}: written by state format {}.{}, which this vmctl (format {}.{}) no longer reads", name_,
         header.major, header.minor, format_major(), format_minor()));
   }
-  if (header.stored_size > kMaxRecordSize || header.raw_size > kMaxRecordSize) {
-    return corrupt(fmt::format("frame claims {} bytes, more than any record can hold: corrupt",
-                               std::max(header.stored_size, header.raw_size)));
-  }
+  TRY(check_sizes(header));
   if (header.raw_size % sizeof(capnp::word) != 0 || header.raw_size == 0) {
     return corrupt("payload size is not a whole number of words: corrupt");
   }
@@ -378,6 +486,7 @@ Result<std::optional<Record>> RecordReader::next() {
   record.major = header.major;
   record.minor = header.minor;
   record.offset = offset_;
+  record.sequence = header.sequence;
   record.stored_size = header.stored_size;
   record.compressed = header.flags & kFrameZstd;
   record.payload = kj::heapArray<capnp::word>(header.raw_size / sizeof(capnp::word));
@@ -412,6 +521,7 @@ Result<std::optional<Record>> RecordReader::next() {
       return corrupt("zstd payload does not decompress to its declared size: corrupt");
     }
   }
+  TRY(check_sequence(header));
   offset_ += sizeof(header) + header.stored_size;
   ++index_;
   return std::optional<Record>(std::move(record));

@@ -8,8 +8,9 @@
 //        4    2 record type (proto::state::RecordType)
 //        6    1 schema major of this record
 //        7    1 schema minor of this record
-//        8    4 flags (bit 0: payload is zstd-compressed)
-//       12    4 reserved, zero
+//        8    4 flags (bit 0: payload is zstd-compressed, bit 1: required)
+//       12    4 record sequence number: 1, 2, 3, ... in stream order (format 1.2 on; 0 in the
+//              frames of older writers, which left this field reserved)
 //       16    8 stored payload size (bytes in the stream)
 //       24    8 raw payload size (after decompression)
 //       32    8 XXH3-64 of bytes 0-31 of this header and the stored payload
@@ -17,6 +18,11 @@
 // The payload is a Cap'n Proto message (flat array of segments) of the struct the type names.
 // The first record is a Header, the last a Trailer; a stream that ends before its Trailer is
 // truncated. See proto/state.capnp for the compatibility rule.
+//
+// Untrusted input: a reader refuses a frame whose sizes exceed what its record type can hold
+// (state/stream_limits.h) before it allocates, and a numbered stream whose numbers are not exactly
+// consecutive (a record dropped, duplicated or replayed by a faulty transport or a hostile peer:
+// each record's own checksum cannot tell).
 #pragma once
 
 #include <cstdint>
@@ -46,6 +52,8 @@ inline constexpr uint32_t kKnownFrameFlags = kFrameZstd | kFrameRequired;
 // No record is larger than this (memory records carry at most a few MiB); a frame claiming more is
 // corrupt, and refusing it bounds what a reader allocates for untrusted input.
 inline constexpr uint64_t kMaxRecordSize = 256ull << 20;
+// The first format minor whose frames carry a sequence number.
+inline constexpr uint8_t kFirstNumberedMinor = 2;
 
 uint16_t format_major();
 uint16_t format_minor();
@@ -59,7 +67,7 @@ struct FrameHeader {
   uint8_t major = 0;
   uint8_t minor = 0;
   uint32_t flags = 0;
-  uint32_t reserved = 0;
+  uint32_t sequence = 0;  // 0: written before format 1.2
   uint64_t stored_size = 0;
   uint64_t raw_size = 0;
   uint64_t checksum = 0;
@@ -160,13 +168,17 @@ class RecordWriter {
   Status write(RecordType type, capnp::MessageBuilder& message, bool compress = false);
   bool compresses() const { return options_.compression_level > 0; }
   const WriterOptions& options() const { return options_; }
-  // Appends records another writer (with these options) encoded into memory.
-  Status append_encoded(const std::vector<uint8_t>& frames, uint64_t records);
+  // Appends records another writer (with these options) encoded into memory, renumbering them to
+  // follow this writer's records (their checksums are recomputed in place). `frames` must be
+  // exactly `records` whole frames.
+  Status append_encoded(std::vector<uint8_t>& frames, uint64_t records);
   uint64_t records() const { return records_; }
   uint64_t bytes() const { return bytes_; }
 
  private:
   Status write_segments(RecordType type, capnp::MessageBuilder& message);
+  // The number of the next record (mu_ held).
+  Result<uint32_t> next_sequence() const;
 
   ByteSink& sink_;
   WriterOptions options_;
@@ -182,6 +194,7 @@ struct Record {
   uint8_t major = 0;
   uint8_t minor = 0;
   uint64_t offset = 0;       // of the frame header in the stream
+  uint32_t sequence = 0;     // its number in the stream (0 in streams written before 1.2)
   uint64_t stored_size = 0;  // bytes in the stream
   bool compressed = false;
   kj::Array<capnp::word> payload;
@@ -193,21 +206,35 @@ struct Record {
 class RecordReader {
  public:
   // `name` is used in messages ("snapshot /tmp/a.snap", "migration stream from 10.0.0.2").
-  RecordReader(ByteSource& source, std::string name) : source_(source), name_(std::move(name)) {}
+  // The name may hold a path from anywhere: it is sanitised (base/text.h) for messages.
+  RecordReader(ByteSource& source, const std::string& name);
 
   // The next record, std::nullopt at a clean end of stream, or an error naming what is wrong
-  // (truncation, corruption, a newer format) and where.
+  // (truncation, corruption, a newer format, a record too large for its type, a gap or repeat in
+  // the numbering) and where.
   Result<std::optional<Record>> next();
   uint64_t offset() const { return offset_; }
   const std::string& name() const { return name_; }
+  // Records returned so far.
+  uint64_t records_read() const { return index_; }
+  // Whether the stream numbers its records (known once the first record is read).
+  bool numbered() const { return numbered_; }
+  // The guest's memory size from the stream's header: it bounds the size of dirty-log records,
+  // which are otherwise held to the generic bound.
+  void set_guest_memory_size(uint64_t bytes) { guest_memory_size_ = bytes; }
 
  private:
   Error corrupt(const std::string& what) const;
+  Status check_sizes(const FrameHeader& header) const;
+  Status check_sequence(const FrameHeader& header);
 
   ByteSource& source_;
   std::string name_;
   uint64_t offset_ = 0;
   uint64_t index_ = 0;
+  bool numbered_ = false;
+  uint32_t last_sequence_ = 0;
+  uint64_t guest_memory_size_ = 0;
 };
 
 }  // namespace vmctl::state

@@ -18,9 +18,13 @@
 #include <spdlog/spdlog.h>
 
 #include "base/path.h"
+#include "base/text.h"
 #include "state/cpu_features.h"
 #include "state/lapic.h"
 #include "state/memory_file.h"
+#include "state/restore_budget.h"
+#include "state/stream_contents.h"
+#include "state/stream_limits.h"
 #include "vmm/devices/cmos_rtc.h"
 #include "vmm/devices/serial.h"
 
@@ -31,7 +35,7 @@ namespace ps = proto::state;
 using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kPageSize = 4096;
-constexpr uint32_t kPagesPerRecord = 256;  // 1 MiB of memory per MemoryPages record
+constexpr uint32_t kPagesPerRecord = kPagesPerMemoryRecord;  // readers bound records by it
 constexpr uint32_t kMsrTscDeadline = 0x6e0;
 constexpr uint32_t kMsrApicBase = 0x1b;
 // MTRRs are not in KVM_GET_MSR_INDEX_LIST but are guest state (KVM-STATE.md).
@@ -1114,7 +1118,8 @@ Status apply_dirty_log(vmm::GuestMemory& memory, ps::DirtyLog::Reader log, Recor
 // each diff rewrites the pages it names, and the CPU and device state of the last is applied.
 class Restorer {
  public:
-  explicit Restorer(const RestoreOptions& options) : options_(options) {}
+  Restorer(const RestoreOptions& options, StreamOrigin origin)
+      : options_(options), origin_(origin) {}
 
   // `directory` resolves a memory file the stream names by a relative path.
   Status read(RecordReader& reader, const std::string& directory = ".") {
@@ -1125,12 +1130,16 @@ class Restorer {
                                      record_type_name(first->type)));
     }
     StreamInfo info = TRY(read_header(*first, reader));
+    reader.set_guest_memory_size(info.memory_size);
+    contents_.emplace(reader.name(), info.kind, origin_, info.vcpus, options_.budget);
+    TRY(contents_->check_numbering(reader.numbered()));
     if (!vm_) {
       if (info.kind == ps::StreamKind::DIFF_SNAPSHOT) {
         return Error::user(fmt::format(
             "{} is a diff snapshot of {}: restore its whole chain (vmctl restore BASE DIFF...)",
             reader.name(), info.parent_id));
       }
+      TRY(check_guest_fits_host(reader.name(), info.memory_size, info.vcpus, options_.budget));
       // The VM is created at the first record after the header, which says whether guest RAM
       // comes from a memory file.
       config_ = vmm::VmConfig{};
@@ -1203,67 +1212,86 @@ class Restorer {
           "{}: written by state format {}.{}, but this vmctl reads format {}.x: upgrade vmctl",
           reader.name(), info.major, info.minor, format_major()));
     }
-    info.producer = header.getProducer();
-    info.snapshot_id = header.getSnapshotId();
-    info.parent_id = header.getParentId();
+    // Text from the stream goes into messages and to callers (the daemon's JSON and protobuf):
+    // valid UTF-8 on one line only. Ids are compared, so they must be plain text already.
+    auto text = [](capnp::Text::Reader t) { return std::string(t.begin(), t.size()); };
+    auto id = [&](capnp::Text::Reader t, const char* what) -> Result<std::string> {
+      std::string raw = text(t);
+      if (raw.size() > 64 || sanitize_text(raw) != raw) {
+        return Error::user(
+            fmt::format("{}: the header's {} \"{}\" is not an id (printable, at most 64 bytes): "
+                        "corrupt",
+                        reader.name(), what, sanitize_text(raw, 80)));
+      }
+      return raw;
+    };
+    info.producer = sanitize_text(text(header.getProducer()));
+    info.snapshot_id = TRY(id(header.getSnapshotId(), "snapshot id"));
+    info.parent_id = TRY(id(header.getParentId(), "parent id"));
     info.kind = header.getKind();
     info.memory_size = header.getGuest().getMemorySize();
     info.vcpus = header.getGuest().getVcpuCount();
-    info.cmdline = header.getGuest().getCmdline();
+    info.cmdline = sanitize_text(text(header.getGuest().getCmdline()), 4096);
     return info;
   }
 
   Status read_records(RecordReader& reader) {
-    uint64_t count = 1;
     while (true) {
       std::optional<Record> record = TRY(reader.next());
       if (!record) {
         return Error::user(
             fmt::format("{}: truncated: the stream ends after {} records without its trailer",
-                        reader.name(), count));
+                        reader.name(), reader.records_read()));
       }
-      ++count;
+      TRY(contents_->admit(record->type));
       auto msg = record->message();
       if (!vm_) {
         bool consumed = TRY(create_vm(*record, reader));
-        if (consumed) continue;
+        if (consumed) {
+          contents_->used_memory_file();
+          continue;
+        }
       }
       switch (record->type) {
         case ps::RecordType::MEMORY_FILE:
           return Error::user(fmt::format(
               "{}: a memory file record after the start of the stream: corrupt", reader.name()));
-        case ps::RecordType::MEMORY_PAGES:
-          TRY(apply_memory(vm_->memory(), msg->getRoot<ps::MemoryPages>(), reader));
+        case ps::RecordType::MEMORY_PAGES: {
+          auto pages = msg->getRoot<ps::MemoryPages>();
+          TRY(apply_memory(vm_->memory(), pages, reader));
+          contents_->add_memory_pages(pages.getData().size() / kPageSize);
           break;
+        }
         case ps::RecordType::DIRTY_LOG:
           TRY(apply_dirty_log(vm_->memory(), msg->getRoot<ps::DirtyLog>(), reader));
           break;
         case ps::RecordType::VCPU: {
           unsigned index = msg->getRoot<ps::Vcpu>().getIndex();
-          if (index >= vm_->num_cpus()) {
-            return Error::user(fmt::format("{}: vCPU record {} but the header says {} vCPUs",
-                                           reader.name(), index, vm_->num_cpus()));
-          }
+          TRY(contents_->admit_vcpu(record->type, index));
+          TRY(contents_->retain(*record));
           vcpus_[index].vcpu = std::move(record);
           break;
         }
         case ps::RecordType::LAPIC: {
           unsigned index = msg->getRoot<ps::Lapic>().getVcpuIndex();
-          if (index >= vm_->num_cpus()) {
-            return Error::user(
-                fmt::format("{}: LAPIC record for vCPU {} but the header says {} vCPUs",
-                            reader.name(), index, vm_->num_cpus()));
-          }
+          TRY(contents_->admit_vcpu(record->type, index));
+          TRY(contents_->retain(*record));
           vcpus_[index].lapic = std::move(record);
           break;
         }
         case ps::RecordType::TRAILER:
-          return ok_status();
+          return contents_->check_trailer(msg->getRoot<ps::Trailer>(), reader.records_read() - 1);
         case ps::RecordType::HEADER:
           return Error::user(fmt::format("{}: a second header inside the stream", reader.name()));
-        default:
-          // Irqchip, PIT, clock, devices; record types from a newer minor are kept and ignored.
+        case ps::RecordType::IRQCHIP:
+        case ps::RecordType::PIT:
+        case ps::RecordType::CLOCK:
+        case ps::RecordType::DEVICE:
+          TRY(contents_->retain(*record));
           records_[static_cast<int>(record->type)].push_back(std::move(*record));
+          break;
+        default:
+          // A record type from a newer minor that may be skipped: skipped, not kept.
           break;
       }
     }
@@ -1308,6 +1336,8 @@ class Restorer {
   }
 
   const RestoreOptions& options_;
+  StreamOrigin origin_;
+  std::optional<StreamContents> contents_;  // the stream being read
   vmm::VmConfig config_;
   std::string directory_ = ".";
   std::unique_ptr<vmm::Vm> vm_;
@@ -1325,16 +1355,18 @@ auto catching_malformed(const std::string& name, F&& body) -> decltype(body()) {
   try {
     return body();
   } catch (const kj::Exception& e) {
-    return Error::user(fmt::format("{}: malformed record: {}", name, e.getDescription().cStr()));
+    return Error::user(fmt::format("{}: malformed record: {}", sanitize_text(name),
+                                   sanitize_text(e.getDescription().cStr())));
   } catch (const std::exception& e) {
-    return Error::user(fmt::format("{}: malformed record: {}", name, e.what()));
+    return Error::user(
+        fmt::format("{}: malformed record: {}", sanitize_text(name), sanitize_text(e.what())));
   }
 }
 
 Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
                                             StreamInfo* info) {
   return catching_malformed(reader.name(), [&]() -> Result<std::unique_ptr<vmm::Vm>> {
-    Restorer restorer(options);
+    Restorer restorer(options, StreamOrigin::kPeer);
     TRY(restorer.read(reader));
     std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
     if (info) *info = restorer.info();
@@ -1347,7 +1379,7 @@ Result<std::unique_ptr<vmm::Vm>> restore_snapshot(const std::vector<std::string>
   if (chain.empty()) return Error::user("no snapshot file given");
   std::string name = fmt::format("snapshot {}", chain.back());
   return catching_malformed(name, [&]() -> Result<std::unique_ptr<vmm::Vm>> {
-    Restorer restorer(options);
+    Restorer restorer(options, StreamOrigin::kFile);
     for (const std::string& path : chain) {
       std::unique_ptr<FileSource> source = TRY(FileSource::open(path));
       RecordReader reader(*source, fmt::format("snapshot {}", path));

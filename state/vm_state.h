@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "state/dirty_tracker.h"
+#include "state/restore_budget.h"
 #include "state/stream.h"
 #include "vmm/vm.h"
 
@@ -129,11 +130,15 @@ struct RestoreOptions {
   // How the restored VM tracks dirty pages: a property of this host, not of the snapshot.
   vmm::DirtyTracking dirty_tracking = vmm::DirtyTracking::kAuto;
   uint32_t dirty_ring_entries = 0;
+  // What the stream may make this host spend (guest RAM, vCPUs, records held until the trailer).
+  RestoreBudget budget;
 };
 
-// Reads a whole stream and builds a VM in its state, not yet started. Bad input (truncated,
-// corrupt, newer format, a CPU that lacks features the guest uses, inconsistent LAPIC state) is a
-// user error naming what is wrong; a partly restored VM is destroyed.
+// Reads a whole stream from a peer (a migration) and builds a VM in its state, not yet started. Bad
+// input (truncated, corrupt, newer format, a CPU that lacks features the guest uses, inconsistent
+// LAPIC state, a record missing or out of place, more than the budget allows) is a user error
+// naming what is wrong; a partly restored VM is destroyed. The stream must number its records and
+// may not name a memory file, whatever kind its header claims (see state/stream_contents.h).
 Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
                                             StreamInfo* info = nullptr);
 

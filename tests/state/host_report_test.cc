@@ -10,9 +10,11 @@ namespace {
 nlohmann::json report(const std::string& name, std::vector<std::string> features, int xsave = 4096,
                       int tsc_khz = 2000000, int tsc_control = 1) {
   return {{"hostname", name},
-          {"cpu", {{"vendor", "GenuineIntel"}, {"tsc_khz", tsc_khz}}},
+          {"kernel", "6.1.0"},
+          {"cpu", {{"vendor", "GenuineIntel"}, {"family", 6}, {"model", 85}, {"tsc_khz", tsc_khz}}},
           {"kvm",
-           {{"capabilities",
+           {{"api_version", 12},
+            {"capabilities",
              {{"xsave2", xsave}, {"tsc_control", tsc_control}, {"manual_dirty_log_protect", 3}}}}},
           {"guest_cpu_features", features}};
 }
