@@ -75,8 +75,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "Restore but do not run the vCPUs until `vmctl resume --control`");
   c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
   c.restore->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics at the end");
-  c.restore->add_option("--console-log", o.console_log,
-                        "Append the guest's console to this file instead of this terminal");
+  add_console_log_options(c.restore, o.console_log, o.console_log_max);
   c.restore->add_flag("--lazy", o.lazy,
                       "Map the snapshot's memory file (snapshot --memory-file) instead of reading "
                       "it: restore time does not grow with RAM, pages load as the guest touches "
@@ -113,17 +112,16 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.receive->add_option("--stream-fd", o.stream_fd, "Descriptor carrying the record stream")
       ->required();
   c.receive->add_option("--control", o.control, "Listen on this unix socket");
-  c.receive->add_option("--console-log", o.console_log, "Append the guest's console here");
+  add_console_log_options(c.receive, o.console_log, o.console_log_max);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
   return c;
 }
 
 int receive_command(const StateOptions& o) {
   block_stop_signals();
-  if (!o.console_log.empty()) {
-    Status redirected = redirect_console(o.console_log);
-    if (!redirected.ok()) return fail(redirected.error());
-  }
+  Result<std::function<void(const uint8_t*, size_t)>> console =
+      console_output(o.console_log, o.console_log_max);
+  if (!console.ok()) return fail(console.error());
   // The verdict goes back on the stream's descriptor: one line, RESTORED or FAILED.
   int verdict_fd = ::dup(o.stream_fd);
   auto verdict = [&](const std::string& line) {
@@ -136,7 +134,7 @@ int receive_command(const StateOptions& o) {
       state::FileSource::adopt(Fd(o.stream_fd), "migration stream");
   state::RecordReader reader(*source, "migration stream");
   state::RestoreOptions options;
-  options.console_output = write_stdout;
+  options.console_output = *console;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
   if (!tracking.ok()) return fail(tracking.error());
   options.dirty_tracking = *tracking;
@@ -193,12 +191,11 @@ int snapshot_command(StateOptions& o) {
 
 int restore_command(const StateOptions& o) {
   block_stop_signals();
+  Result<std::function<void(const uint8_t*, size_t)>> console =
+      console_output(o.console_log, o.console_log_max);
+  if (!console.ok()) return fail(console.error());
   state::RestoreOptions options;
-  options.console_output = write_stdout;
-  if (!o.console_log.empty()) {
-    Status redirected = redirect_console(o.console_log);
-    if (!redirected.ok()) return fail(redirected.error());
-  }
+  options.console_output = *console;
   options.lazy = o.lazy;
   options.strict_tsc = o.strict_tsc;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);

@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/console.h"
+
 namespace vmctl::cli {
 
 struct StateOptions {
@@ -26,6 +28,7 @@ struct StateOptions {
   bool lazy = false;        // restore: map the memory file
   bool strict_tsc = false;
   std::string console_log;
+  std::string console_log_max = kDefaultConsoleLogMax;
   int stream_fd = -1;                   // receive: the migration stream's descriptor
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
   uint32_t dirty_ring_entries = 0;

@@ -277,7 +277,8 @@ Result<pid_t> VmManager::spawn(const std::string& name, const std::vector<std::s
   std::vector<std::string> argv_storage = {options_.vmctl_binary};
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
   argv_storage.insert(argv_storage.end(),
-                      {"--control", socket_path(name), "--console-log", console_path(name)});
+                      {"--control", socket_path(name), "--console-log", console_path(name),
+                       "--console-log-max", options_.console_log_max});
   std::vector<char*> argv;
   for (std::string& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -412,6 +413,7 @@ Result<v1::VmInfo> VmManager::launch(Entry& e, const Launch& launch,
   Entry& e_now = *again;
   if (is_live(e_now.state)) return info(e_now);
   ::unlink(console_path(name).c_str());
+  ::unlink((console_path(name) + ".1").c_str());
   ::truncate(log_path(name).c_str(), 0);
   pid_t pid = TRY(spawn(name, launch.args, inherit_fds));
   e_now.pid = pid;
@@ -528,7 +530,8 @@ Result<v1::VmInfo> VmManager::remove(const std::string& name) {
   vms_.erase(name);
   lock.unlock();
   if (watcher.joinable()) watcher.join();
-  for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
+  for (const char* f :
+       {"/vm.json", "/console.log", "/console.log.1", "/vmctl.log", "/control.sock"}) {
     ::unlink((vm_dir(name) + f).c_str());
   }
   ::rmdir(vm_dir(name).c_str());

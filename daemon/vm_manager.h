@@ -29,7 +29,8 @@ namespace v1 = ::vmctl::v1;
 
 struct ManagerOptions {
   std::string state_dir;
-  std::string vmctl_binary;  // the `vmctl` that runs each VM
+  std::string vmctl_binary;            // the `vmctl` that runs each VM
+  std::string console_log_max = "8M";  // each VM's console.log cap (vmctl --console-log-max)
 };
 
 // How a VM process is started: the vmctl verb and its arguments (without the control socket and

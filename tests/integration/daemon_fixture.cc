@@ -156,10 +156,14 @@ grpc::Status Daemon::send_console(const std::string& name, const std::string& te
 }
 
 std::string Daemon::console(const std::string& name) {
-  std::ifstream in(dir_ + "/state/vms/" + name + "/console.log");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  // The log rotates (base/rotating_log.h): the generation before the current one comes first.
+  std::string log = dir_ + "/state/vms/" + name + "/console.log";
+  std::string text;
+  for (const std::string& file : {log + ".1", log}) {
+    std::ifstream in(file, std::ios::binary);
+    text.append(std::istreambuf_iterator<char>(in), {});
+  }
+  return text;
 }
 
 std::optional<std::string> Daemon::wait_console(const std::string& name, const std::string& pattern,

@@ -61,6 +61,7 @@ class Daemon {
   // Polls the VM's console log for a line matching `pattern` (from the start of the log).
   std::optional<std::string> wait_console(const std::string& name, const std::string& pattern,
                                           std::chrono::milliseconds timeout);
+  // The VM's console log: its previous generation (console.log.1), then the current one.
   std::string console(const std::string& name);
   // Waits until the VM is in `state`.
   bool wait_state(const std::string& name, v1::VmState state, std::chrono::milliseconds timeout);
