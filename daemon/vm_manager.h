@@ -21,6 +21,7 @@
 
 #include "base/error.h"
 #include "cli/daemon_commands.h"
+#include "daemon/state_dir_lock.h"
 #include "proto/vmctl.pb.h"
 
 namespace vmctl::daemon {
@@ -91,6 +92,7 @@ class VmManager {
     int64_t created_unix_ms = 0;
     uint64_t version = 0;
     std::thread watcher;
+    bool record_malformed = false;  // its vm.json could not be read: shown LOST, never rewritten
   };
 
   explicit VmManager(ManagerOptions options) : options_(std::move(options)) {}
@@ -116,6 +118,7 @@ class VmManager {
                             const std::vector<int>& inherit_fds);
 
   ManagerOptions options_;
+  StateDirLock state_dir_lock_;  // held for the daemon's life
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::unique_ptr<Entry>> vms_;

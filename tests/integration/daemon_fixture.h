@@ -42,6 +42,7 @@ class Daemon {
   void start();
   void stop(int sig = SIGTERM);  // and wait for it to exit
   bool running() const { return process_ != nullptr; }
+  pid_t pid() const { return process_ ? process_->pid() : -1; }
   std::string socket() const { return dir_ + "/vmctld.sock"; }
   std::string address() const { return "unix:" + socket(); }
   std::string log();
