@@ -32,8 +32,7 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   run->add_option("--cpus", o.cpus, "Number of vCPUs")->capture_default_str();
   run->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics when the VM ends");
   run->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
-  run->add_option("--console-log", o.console_log,
-                  "Append the guest's console to this file instead of this terminal");
+  add_console_log_options(run, o.console_log, o.console_log_max);
   run->add_option("--control", o.control,
                   "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
   add_dirty_tracking_options(run, o.dirty_tracking, o.dirty_ring_entries);
@@ -51,18 +50,27 @@ void add_dirty_tracking_options(CLI::App* command, std::string& mode, uint32_t& 
                       "Ring entries per vCPU, a power of two (default 4096)");
 }
 
+void add_console_log_options(CLI::App* command, std::string& path, std::string& max_bytes) {
+  command->add_option("--console-log", path,
+                      "Append the guest's console to this file instead of this terminal");
+  command
+      ->add_option("--console-log-max", max_bytes,
+                   "Cap the console log at this size (e.g. 8M): when full it becomes FILE.1 "
+                   "(replacing the one before) and a new FILE starts")
+      ->capture_default_str();
+}
+
 int run_vm(const RunOptions& o) {
   Result<uint64_t> memory = parse_size(o.memory);
   if (!memory.ok()) {
     std::fprintf(stderr, "vmctl: --memory: %s\n", memory.error().message().c_str());
     return 2;
   }
-  if (!o.console_log.empty()) {
-    Status redirected = vmprocess::redirect_console(o.console_log);
-    if (!redirected.ok()) {
-      std::fprintf(stderr, "vmctl: %s\n", redirected.error().message().c_str());
-      return redirected.error().exit_code();
-    }
+  Result<std::function<void(const uint8_t*, size_t)>> console =
+      vmprocess::console_output(o.console_log, o.console_log_max);
+  if (!console.ok()) {
+    std::fprintf(stderr, "vmctl: %s\n", console.error().message().c_str());
+    return console.error().exit_code();
   }
   vmm::VmConfig config;
   config.memory_size = *memory;
@@ -71,7 +79,7 @@ int run_vm(const RunOptions& o) {
   if (!o.initrd.empty()) config.boot.initrd_path = o.initrd;
   config.boot.cmdline = o.cmdline;
   config.boot.num_cpus = o.cpus;
-  config.console_output = vmprocess::write_stdout;
+  config.console_output = *console;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
   if (!tracking.ok()) {
     std::fprintf(stderr, "vmctl: %s\n", tracking.error().message().c_str());

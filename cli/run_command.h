@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "vmm/vm.h"
+#include "vmprocess/console.h"
 
 namespace vmctl::cli {
 
@@ -20,12 +21,15 @@ struct RunOptions {
   bool quiet = false;
   std::string control;      // unix socket for snapshot/pause/resume requests
   std::string console_log;  // guest console to this file instead of stdout
+  std::string console_log_max = vmprocess::kDefaultConsoleLogMax;
   std::string dirty_tracking = "auto";
   uint32_t dirty_ring_entries = 0;
 };
 
 // --dirty-tracking and --dirty-ring-entries, shared by run, restore and receive.
 void add_dirty_tracking_options(CLI::App* command, std::string& mode, uint32_t& ring_entries);
+// --console-log and --console-log-max, shared by run, restore and receive.
+void add_console_log_options(CLI::App* command, std::string& path, std::string& max_bytes);
 
 // Adds the `run` subcommand to `app`; `options` must outlive parsing.
 CLI::App* add_run_command(CLI::App& app, RunOptions& options);

@@ -77,8 +77,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "Restore but do not run the vCPUs until `vmctl resume --control`");
   c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
   c.restore->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics at the end");
-  c.restore->add_option("--console-log", o.console_log,
-                        "Append the guest's console to this file instead of this terminal");
+  add_console_log_options(c.restore, o.console_log, o.console_log_max);
   c.restore->add_flag("--lazy", o.lazy,
                       "Map the snapshot's memory file (snapshot --memory-file) instead of reading "
                       "it: restore time does not grow with RAM, pages load as the guest touches "
@@ -118,7 +117,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.receive->add_option("--migration-id", o.migration_id, "The migration this VM arrives by")
       ->required();
   c.receive->add_flag("--paused", o.paused, "Stay paused after the switchover");
-  c.receive->add_option("--console-log", o.console_log, "Append the guest's console here");
+  add_console_log_options(c.receive, o.console_log, o.console_log_max);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
   return c;
 }
@@ -130,6 +129,7 @@ int receive_command(const StateOptions& o) {
   options.stay_paused = o.paused;
   options.control = o.control;
   options.console_log = o.console_log;
+  options.console_log_max = o.console_log_max;
   options.dirty_tracking = o.dirty_tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
   return vmprocess::receive_migration(options);
@@ -170,12 +170,11 @@ int snapshot_command(StateOptions& o) {
 
 int restore_command(const StateOptions& o) {
   vmprocess::block_stop_signals();
+  Result<std::function<void(const uint8_t*, size_t)>> console =
+      vmprocess::console_output(o.console_log, o.console_log_max);
+  if (!console.ok()) return fail(console.error());
   state::RestoreOptions options;
-  options.console_output = vmprocess::write_stdout;
-  if (!o.console_log.empty()) {
-    Status redirected = vmprocess::redirect_console(o.console_log);
-    if (!redirected.ok()) return fail(redirected.error());
-  }
+  options.console_output = *console;
   options.lazy = o.lazy;
   options.strict_tsc = o.strict_tsc;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);

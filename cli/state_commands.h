@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "vmprocess/console.h"
+
 namespace vmctl::cli {
 
 struct StateOptions {
@@ -26,6 +28,7 @@ struct StateOptions {
   bool lazy = false;        // restore: map the memory file
   bool strict_tsc = false;
   std::string console_log;
+  std::string console_log_max = vmprocess::kDefaultConsoleLogMax;
   int stream_fd = -1;                   // receive: the migration stream's descriptor
   std::string migration_id;             // receive
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)

@@ -580,10 +580,13 @@ grpc::Status IncomingMigrations::receive(
   }
   if (failure.empty() && last) {
     Status complete = m->reassembly->finish();
-    if (!complete.ok()) failure = complete.error().message();
-    // All of it is there: the VM process sees the end of the stream (a stream that ends before
-    // its trailer is its to call truncated).
-    ::shutdown(m->feed.get(), SHUT_WR);
+    if (!complete.ok()) {
+      failure = complete.error().message();
+    } else {
+      // All of it is there: the VM process sees the end of the stream (a stream that ends before
+      // its trailer is its to call truncated).
+      ::shutdown(m->feed.get(), SHUT_WR);
+    }
   }
   if (!failure.empty()) {
     std::lock_guard lock(m->mu);

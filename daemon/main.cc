@@ -16,6 +16,8 @@
 #include <CLI/CLI.hpp>
 
 #include "base/alloc.h"
+#include "base/rotating_log.h"
+#include "base/size.h"
 #include "daemon/service.h"
 #include "daemon/vm_manager.h"
 #include "migrate/channel.h"
@@ -61,6 +63,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--vmctl", manager_options.vmctl_binary, "The vmctl binary that runs each VM")
       ->capture_default_str();
+  app.add_option("--console-log-max", manager_options.console_log_max,
+                 "Cap each VM's console log at this size: when full it becomes console.log.1 "
+                 "(replacing the one before) and a new console.log starts")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   app.footer(
@@ -76,6 +82,13 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
 
+  if (Result<uint64_t> cap = parse_size(manager_options.console_log_max);
+      !cap.ok() || *cap < kMinRotatingLogBytes) {
+    std::fprintf(stderr, "vmctld: --console-log-max %s: %s\n",
+                 manager_options.console_log_max.c_str(),
+                 cap.ok() ? "too small: use at least 4096 bytes" : cap.error().message().c_str());
+    return 2;
+  }
   if (!listen.empty() && (tls.ca.empty() || tls.cert.empty() || tls.key.empty())) {
     std::fprintf(stderr,
                  "vmctld: --listen %s needs --tls-ca, --tls-cert and --tls-key: vmctld has no "

@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "base/fd.h"
+#include "base/rotating_log.h"
 #include "daemon/host_report_cache.h"
 #include "vmprocess/control_client.h"
 
@@ -31,30 +32,6 @@ grpc::Status reply(Result<T> result, T* out) {
   if (!result.ok()) return to_grpc(result.error());
   *out = std::move(result).value();
   return grpc::Status::OK;
-}
-
-// Follows a growing text file from `offset`, returning complete new lines.
-std::vector<std::string> new_lines(const std::string& path, uint64_t& offset,
-                                   std::string& partial) {
-  std::vector<std::string> lines;
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return lines;
-  in.seekg(static_cast<std::streamoff>(offset));
-  char buf[8192];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    size_t n = static_cast<size_t>(in.gcount());
-    offset += n;
-    for (size_t i = 0; i < n; ++i) {
-      if (buf[i] == '\n') {
-        if (!partial.empty() && partial.back() == '\r') partial.pop_back();
-        lines.push_back(std::move(partial));
-        partial.clear();
-      } else {
-        partial += buf[i];
-      }
-    }
-  }
-  return lines;
 }
 
 }  // namespace
@@ -130,16 +107,14 @@ grpc::Status VmctlService::WatchVm(grpc::ServerContext* context, const v1::Watch
   event.set_unix_ms(now_unix_ms());
   *event.mutable_state() = current->first;
   if (!writer->Write(event)) return grpc::Status::OK;
-  // Console lines from the start of the current run, then as they come.
-  uint64_t offset = 0;
-  std::string partial;
-  std::string console = current->first.console_log();
+  // Console lines from the start of the current log, then as they come (across rotations).
+  RotatingLogFollower console(current->first.console_log());
   while (!context->IsCancelled()) {
     Result<std::pair<v1::VmInfo, uint64_t>> next =
         manager_.wait_for_change(r->name(), version, r->console() ? 50 : 500);
     if (!next.ok()) return to_grpc(next.error());  // deleted
     if (r->console()) {
-      for (std::string& line : new_lines(console, offset, partial)) {
+      for (std::string& line : console.new_lines()) {
         v1::VmEvent e;
         e.set_unix_ms(now_unix_ms());
         e.set_console_line(std::move(line));

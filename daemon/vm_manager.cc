@@ -17,7 +17,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "base/atomic_file.h"
 #include "base/text.h"
+#include "daemon/vm_record.h"
 #include "vmm/dirty_pages.h"
 #include "vmprocess/control_client.h"
 
@@ -47,32 +49,11 @@ bool in_migration(v1::VmState s) {
 }
 
 Status make_dir(const std::string& path, mode_t mode) {
-  if (::mkdir(path.c_str(), mode) != 0 && errno != EEXIST) {
+  if (::mkdir(path.c_str(), mode) == 0) return fsync_directory(directory_of(path));  // durable
+  if (errno != EEXIST) {
     return Error::user(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
   }
   return ok_status();
-}
-
-nlohmann::json config_to_json(const v1::VmConfig& c) {
-  return {{"kernel", c.kernel()},
-          {"initrd", c.initrd()},
-          {"cmdline", c.cmdline()},
-          {"memory_bytes", c.memory_bytes()},
-          {"cpus", c.cpus()},
-          {"dirty_tracking", c.dirty_tracking()},
-          {"dirty_ring_entries", c.dirty_ring_entries()}};
-}
-
-v1::VmConfig config_from_json(const nlohmann::json& j) {
-  v1::VmConfig c;
-  c.set_kernel(j.value("kernel", ""));
-  c.set_initrd(j.value("initrd", ""));
-  c.set_cmdline(j.value("cmdline", ""));
-  c.set_memory_bytes(j.value("memory_bytes", uint64_t{0}));
-  c.set_cpus(j.value("cpus", 0u));
-  c.set_dirty_tracking(j.value("dirty_tracking", ""));
-  c.set_dirty_ring_entries(j.value("dirty_ring_entries", 0u));
-  return c;
 }
 
 // The arguments of `vmctl run` for a config.
@@ -105,6 +86,7 @@ Status validate_vm_name(const std::string& name) {
 Result<std::unique_ptr<VmManager>> VmManager::open(const ManagerOptions& options) {
   std::unique_ptr<VmManager> manager(new VmManager(options));
   TRY(make_dir(options.state_dir, 0700));
+  manager->state_dir_lock_ = TRY(StateDirLock::acquire(options.state_dir));
   TRY(make_dir(options.state_dir + "/vms", 0700));
   TRY(manager->load());
   return manager;
@@ -170,27 +152,11 @@ v1::VmInfo VmManager::info(const Entry& e) const {
 }
 
 Status VmManager::persist(const Entry& e) const {
-  nlohmann::json j = {{"name", e.name},
-                      {"config", config_to_json(e.config)},
-                      {"state", vm_state_name(e.state)},
-                      {"state_code", static_cast<int>(e.state)},
-                      {"pid", e.pid},
-                      {"exit_code", e.exit_code},
-                      {"error", e.error},
-                      {"migrated_to", e.migrated_to},
-                      {"migration_id", e.migration_id},
-                      {"created_unix_ms", e.created_unix_ms}};
-  std::string path = vm_dir(e.name) + "/vm.json";
-  std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << "\n";
-    if (!out) return Error::failure(fmt::format("cannot write {}", tmp));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    return Error::from_errno(fmt::format("renaming {}", tmp), errno);
-  }
-  return ok_status();
+  // A malformed vm.json stays as it is: the operator fixes or deletes it (see load).
+  if (e.record_malformed) return ok_status();
+  VmRecord record{e.name,  e.config,      e.state,           e.pid,         e.exit_code,
+                  e.error, e.migrated_to, e.created_unix_ms, e.migration_id};
+  return write_file_atomically(vm_dir(e.name) + "/vm.json", vm_record_to_json(record));
 }
 
 void VmManager::changed(Entry& e) {
@@ -212,23 +178,31 @@ Status VmManager::load() {
   ::closedir(d);
   std::lock_guard lock(mu_);
   for (const std::string& name : names) {
-    std::ifstream in(vm_dir(name) + "/vm.json");
-    if (!in) continue;
-    nlohmann::json j = nlohmann::json::parse(in, nullptr, false);
-    if (j.is_discarded() || !j.is_object()) {
-      spdlog::warn("ignoring {}/vm.json: not valid JSON", vm_dir(name));
+    Result<VmRecord> record = load_vm_record(vm_dir(name) + "/vm.json", name);
+    if (!record.ok() && record.error().kind() == ErrorKind::kNotFound) {
+      spdlog::warn("ignoring {}: it holds no vm.json", vm_dir(name));
       continue;
     }
     auto e = std::make_shared<Entry>();
     e->name = name;
-    e->config = config_from_json(j.value("config", nlohmann::json::object()));
-    e->state = static_cast<v1::VmState>(j.value("state_code", 0));
-    e->pid = j.value("pid", 0);
-    e->exit_code = j.value("exit_code", 0);
-    e->error = j.value("error", "");
-    e->migrated_to = j.value("migrated_to", "");
-    e->migration_id = j.value("migration_id", "");
-    e->created_unix_ms = j.value("created_unix_ms", int64_t{0});
+    if (!record.ok()) {
+      // Shown, not skipped and not fatal: the VM is LOST with the reason, until the operator
+      // deletes it or fixes the file (it is not rewritten meanwhile).
+      e->state = v1::VM_STATE_LOST;
+      e->error = record.error().message();
+      e->record_malformed = true;
+      spdlog::error("VM {}: {}", name, e->error);
+      vms_[name] = std::move(e);
+      continue;
+    }
+    e->config = record->config;
+    e->state = record->state;
+    e->pid = record->pid;
+    e->exit_code = record->exit_code;
+    e->error = record->error;
+    e->migrated_to = record->migrated_to;
+    e->created_unix_ms = record->created_unix_ms;
+    e->migration_id = record->migration_id;
     if (e->state == v1::VM_STATE_CREATED && e->pid > 0) {
       // A VM that was being received: its stream ran through the daemon that stopped, so that
       // process cannot finish (it ends by itself once it sees the stream closed).
@@ -299,7 +273,8 @@ Result<pid_t> VmManager::spawn(const std::string& name, const std::vector<std::s
   std::vector<std::string> argv_storage = {options_.vmctl_binary};
   argv_storage.insert(argv_storage.end(), args.begin(), args.end());
   argv_storage.insert(argv_storage.end(),
-                      {"--control", socket_path(name), "--console-log", console_path(name)});
+                      {"--control", socket_path(name), "--console-log", console_path(name),
+                       "--console-log-max", options_.console_log_max});
   std::vector<char*> argv;
   for (std::string& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -509,6 +484,7 @@ Result<v1::VmInfo> VmManager::launch(Entry& e, const Launch& launch,
   Entry& e_now = *again;
   if (is_live(e_now.state)) return info(e_now);
   ::unlink(console_path(name).c_str());
+  ::unlink((console_path(name) + ".1").c_str());
   ::truncate(log_path(name).c_str(), 0);
   pid_t pid = TRY(spawn(name, launch.args, inherit_fds));
   e_now.pid = pid;
@@ -542,6 +518,7 @@ Result<v1::VmInfo> VmManager::start(const std::string& name) {
   std::unique_lock lock(mu_);
   Entry* e = TRY(find_or_error(name));
   if (is_live(e->state)) return info(*e);  // starting a running VM is a no-op
+  if (e->record_malformed) return Error::conflict(fmt::format("VM {}: {}", name, e->error));
   if (e->state == v1::VM_STATE_MIGRATED) {
     return Error::conflict(
         fmt::format("VM {} was migrated to {}: it runs there now", name, e->migrated_to));
@@ -654,7 +631,8 @@ Result<v1::VmInfo> VmManager::remove(const std::string& name) {
   vms_.erase(name);
   lock.unlock();
   if (watcher.joinable()) watcher.join();
-  for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
+  for (const char* f :
+       {"/vm.json", "/console.log", "/console.log.1", "/vmctl.log", "/control.sock"}) {
     ::unlink((vm_dir(name) + f).c_str());
   }
   ::rmdir(vm_dir(name).c_str());

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "daemon/state_dir_lock.h"
 #include "proto/names.h"
 #include "proto/vmctl.pb.h"
 #include "vmprocess/control_client.h"
@@ -30,7 +31,8 @@ namespace v1 = ::vmctl::v1;
 
 struct ManagerOptions {
   std::string state_dir;
-  std::string vmctl_binary;  // the `vmctl` that runs each VM
+  std::string vmctl_binary;            // the `vmctl` that runs each VM
+  std::string console_log_max = "8M";  // each VM's console.log cap (vmctl --console-log-max)
 };
 
 // How a VM process is started: the vmctl verb and its arguments (without the control socket and
@@ -113,6 +115,7 @@ class VmManager {
     uint64_t version = 0;
     std::thread watcher;
     std::mutex op_mu;  // one pause/resume/stop at a time per VM, without the manager's lock
+    bool record_malformed = false;  // its vm.json could not be read: shown LOST, never rewritten
   };
 
   explicit VmManager(ManagerOptions options) : options_(std::move(options)) {}
@@ -138,6 +141,7 @@ class VmManager {
                             const std::vector<int>& inherit_fds);
 
   ManagerOptions options_;
+  StateDirLock state_dir_lock_;  // held for the daemon's life
   std::mutex mu_;
   std::condition_variable cv_;
   // Shared: an operation that released the lock to wait for a VM process keeps its entry alive.

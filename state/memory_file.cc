@@ -1,14 +1,18 @@
 #include "state/memory_file.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <string_view>
+#include <vector>
 
 #include <fmt/format.h>
 
+#include "base/atomic_file.h"
 #include "base/text.h"
 
 namespace vmctl::state {
@@ -25,6 +29,30 @@ struct MemoryFileHeader {
   char snapshot_id[32];
 };
 static_assert(sizeof(MemoryFileHeader) == 56, "the on-disk layout has no padding");
+
+constexpr char kPendingInfix[] = ".pending-";
+
+// The snapshot id a memory file is bound to, or "" if `path` is missing or not a memory file.
+std::string bound_snapshot_id(const std::string& path) {
+  int raw = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (raw < 0) return "";
+  Fd fd(raw);
+  MemoryFileHeader header{};
+  if (::pread(fd.get(), &header, sizeof header, 0) != static_cast<ssize_t>(sizeof header) ||
+      std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) {
+    return "";
+  }
+  return std::string(header.snapshot_id, strnlen(header.snapshot_id, sizeof header.snapshot_id));
+}
+
+// Snapshot ids are 32 hex digits (state/vm_state.cc, new_snapshot_id).
+bool is_snapshot_id(std::string_view id) {
+  if (id.size() != 32) return false;
+  for (char c : id) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -143,6 +171,51 @@ Status read_memory_file(int fd, const std::string& path, vmm::GuestMemory& memor
     }
     file_offset += region.size;
   }
+  return ok_status();
+}
+
+std::string pending_memory_file(const std::string& path, const std::string& snapshot_id) {
+  return path + kPendingInfix + snapshot_id;
+}
+
+Status install_pending_memory_file(const std::string& path, const std::string& snapshot_id) {
+  std::string pending = pending_memory_file(path, snapshot_id);
+  if (::rename(pending.c_str(), path.c_str()) != 0) {
+    return Error::from_errno(fmt::format("moving {} into place as {}", pending, path), errno);
+  }
+  TRY(fsync_directory(directory_of(path)));
+  // Pending files of other snapshots of this memory file: a crashed snapshot's (never committed),
+  // or one whose roll-forward would now replace this snapshot's memory file.
+  std::string dir = directory_of(path);
+  size_t slash = path.rfind('/');
+  std::string prefix = (slash == std::string::npos ? path : path.substr(slash + 1)) + kPendingInfix;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return ok_status();
+  std::vector<std::string> stale;
+  while (dirent* entry = ::readdir(d)) {
+    std::string_view name = entry->d_name;
+    if (name.substr(0, prefix.size()) == prefix && is_snapshot_id(name.substr(prefix.size()))) {
+      stale.emplace_back(name);
+    }
+  }
+  ::closedir(d);
+  for (const std::string& name : stale) ::unlink((dir + "/" + name).c_str());
+  return ok_status();
+}
+
+Status roll_forward_memory_file(const std::string& path, uint64_t ram_size,
+                                const std::string& snapshot_id) {
+  std::string pending = pending_memory_file(path, snapshot_id);
+  struct stat st {};
+  if (::lstat(pending.c_str(), &st) != 0) return ok_status();  // nothing was left half-done
+  if (bound_snapshot_id(path) == snapshot_id) return ok_status();
+  // The snapshot was committed but its memory file was not moved into place. Check the pending
+  // file before it replaces anything: it must be this snapshot's, whole.
+  TRY_CTX(open_memory_file(pending, ram_size, snapshot_id),
+          fmt::format("finishing the interrupted snapshot {}", snapshot_id));
+  TRY_CTX(install_pending_memory_file(path, snapshot_id),
+          fmt::format("finishing the interrupted snapshot {} (its memory file waits as {})",
+                      snapshot_id, pending));
   return ok_status();
 }
 

@@ -23,13 +23,6 @@ namespace {
 
 constexpr size_t kFileBufferSize = 4 << 20;
 
-std::string directory_of(const std::string& path) {
-  size_t slash = path.rfind('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
 // The checksum covers the frame header (all fields before the checksum) and the stored payload, so
 // a flipped type, version or flag bit is caught like a flipped payload bit. The payload may come in
 // pieces (a Cap'n Proto message's segment table, then its segments): the sum is that of their
@@ -118,32 +111,28 @@ uint16_t known_record_types() {
 
 // ------------------------------------------------------------------ files
 
-FileSink::FileSink(std::string path, std::string tmp_path, Fd fd)
-    : path_(std::move(path)), tmp_path_(std::move(tmp_path)), fd_(std::move(fd)) {
+FileSink::FileSink(std::string path, TempFile temp)
+    : path_(std::move(path)), temp_(std::move(temp)) {
   buffer_.resize(kFileBufferSize);
 }
 
-Result<std::unique_ptr<FileSink>> FileSink::create(const std::string& path) {
-  std::string tmp = fmt::format("{}.tmp.{}", path, getpid());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    return Error::user(fmt::format("cannot create {}: {} (is the directory writable?)", tmp,
-                                   std::strerror(errno)));
-  }
-  return std::unique_ptr<FileSink>(new FileSink(path, std::move(tmp), Fd(fd)));
+Result<std::unique_ptr<FileSink>> FileSink::create(const std::string& path,
+                                                   const std::string& temp_name_of) {
+  TempFile temp = TRY(create_temp_file(temp_name_of.empty() ? path : temp_name_of));
+  return std::unique_ptr<FileSink>(new FileSink(path, std::move(temp)));
 }
 
 FileSink::~FileSink() {
-  if (!committed_) ::unlink(tmp_path_.c_str());
+  if (!committed_) ::unlink(temp_.path.c_str());
 }
 
 Status FileSink::flush() {
   size_t done = 0;
   while (done < buffered_) {
-    ssize_t n = ::write(fd_.get(), buffer_.data() + done, buffered_ - done);
+    ssize_t n = ::write(temp_.fd.get(), buffer_.data() + done, buffered_ - done);
     if (n < 0) {
       if (errno == EINTR) continue;
-      return Error::from_errno(fmt::format("writing {}", tmp_path_), errno);
+      return Error::from_errno(fmt::format("writing {}", temp_.path), errno);
     }
     done += static_cast<size_t>(n);
   }
@@ -154,8 +143,8 @@ Status FileSink::flush() {
 
 Status FileSink::skip(uint64_t len) {
   TRY(flush());
-  if (::lseek(fd_.get(), static_cast<off_t>(len), SEEK_CUR) < 0) {
-    return Error::from_errno(fmt::format("seeking in {}", tmp_path_), errno);
+  if (::lseek(temp_.fd.get(), static_cast<off_t>(len), SEEK_CUR) < 0) {
+    return Error::from_errno(fmt::format("seeking in {}", temp_.path), errno);
   }
   written_ += len;
   return ok_status();
@@ -166,10 +155,10 @@ Status FileSink::write(const void* data, size_t len) {
   if (buffered_ == 0 && len >= buffer_.size()) {
     // Large writes (guest memory) go straight to the file: the buffer would only add a copy.
     while (len > 0) {
-      ssize_t n = ::write(fd_.get(), p, len);
+      ssize_t n = ::write(temp_.fd.get(), p, len);
       if (n < 0) {
         if (errno == EINTR) continue;
-        return Error::from_errno(fmt::format("writing {}", tmp_path_), errno);
+        return Error::from_errno(fmt::format("writing {}", temp_.path), errno);
       }
       p += n;
       len -= static_cast<size_t>(n);
@@ -191,21 +180,11 @@ Status FileSink::write(const void* data, size_t len) {
 Status FileSink::commit() {
   TRY(flush());
   // A trailing skip leaves the file short of its logical size until it is extended.
-  if (::ftruncate(fd_.get(), static_cast<off_t>(written_)) != 0) {
-    return Error::from_errno(fmt::format("sizing {}", tmp_path_), errno);
+  if (::ftruncate(temp_.fd.get(), static_cast<off_t>(written_)) != 0) {
+    return Error::from_errno(fmt::format("sizing {}", temp_.path), errno);
   }
-  if (::fsync(fd_.get()) != 0) return Error::from_errno(fmt::format("fsync {}", tmp_path_), errno);
-  fd_.reset();
-  if (::rename(tmp_path_.c_str(), path_.c_str()) != 0) {
-    return Error::from_errno(fmt::format("renaming {} to {}", tmp_path_, path_), errno);
-  }
+  TRY(commit_temp_file(temp_, path_));
   committed_ = true;
-  // The rename is durable only once the directory is.
-  int dir = ::open(directory_of(path_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
   return ok_status();
 }
 

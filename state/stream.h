@@ -35,6 +35,7 @@
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 
+#include "base/atomic_file.h"
 #include "base/error.h"
 #include "base/fd.h"
 #include "proto/state.capnp.h"
@@ -89,12 +90,17 @@ class ByteSource {
   virtual Result<size_t> read(void* data, size_t len) = 0;
 };
 
-// Writes a file atomically: bytes go to "<path>.tmp.<pid>", and commit() fsyncs it, renames it
+// Writes a file atomically: bytes go to a new temporary file beside `path` (base/atomic_file.h:
+// "<path>.tmp-<pid>-<random>", O_EXCL|O_NOFOLLOW, mode 0600), and commit() fsyncs it, renames it
 // over `path` and fsyncs the directory. Destroyed without commit() (an error, a crash of the
-// writer's logic), the temporary file is removed and `path` is untouched.
+// writer's logic), the temporary file is removed and `path` is untouched; a writer that died
+// leaves its temporary file, which the next FileSink for `path` removes.
 class FileSink : public ByteSink {
  public:
-  static Result<std::unique_ptr<FileSink>> create(const std::string& path);
+  // The temporary file is named after `temp_name_of` (default: `path`): a file committed under an
+  // intermediate name (a pending memory file) still has its leftovers found as its final name's.
+  static Result<std::unique_ptr<FileSink>> create(const std::string& path,
+                                                  const std::string& temp_name_of = "");
   ~FileSink() override;
   Status write(const void* data, size_t len) override;
   // Advances without writing: the skipped range reads as zeros and takes no disk space.
@@ -103,11 +109,11 @@ class FileSink : public ByteSink {
   uint64_t bytes_written() const { return written_ + buffered_; }
 
  private:
-  FileSink(std::string path, std::string tmp_path, Fd fd);
+  FileSink(std::string path, TempFile temp);
   Status flush();
 
-  std::string path_, tmp_path_;
-  Fd fd_;
+  std::string path_;
+  TempFile temp_;
   std::vector<uint8_t> buffer_;
   size_t buffered_ = 0;
   uint64_t written_ = 0;

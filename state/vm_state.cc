@@ -17,6 +17,7 @@
 #include <kj/exception.h>
 #include <spdlog/spdlog.h>
 
+#include "base/crash_point.h"
 #include "base/path.h"
 #include "base/text.h"
 #include "state/cpu_features.h"
@@ -636,7 +637,7 @@ Status write_machine_state(vmm::Vm& vm, RecordWriter& writer, const PageStats& p
 Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options) {
   Clock::time_point start = Clock::now();
   CaptureStats stats;
-  stats.snapshot_id = new_snapshot_id();
+  stats.snapshot_id = options.snapshot_id.empty() ? new_snapshot_id() : options.snapshot_id;
   TRY(write_stream_header(vm, writer, options, stats.snapshot_id));
   MemoryStats memory =
       options.memory_file
@@ -682,13 +683,20 @@ Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
         "full snapshots",
         path));
   }
+  // The id is known before anything is written: the memory file's pending name carries it.
+  const std::string id = new_snapshot_id();
   std::unique_ptr<FileSink> sink = TRY(FileSink::create(path));
   std::unique_ptr<FileSink> memory_sink;
-  if (!options.memory_file.empty()) memory_sink = TRY(FileSink::create(options.memory_file));
+  std::string pending_memory;
+  if (!options.memory_file.empty()) {
+    pending_memory = pending_memory_file(options.memory_file, id);
+    memory_sink = TRY(FileSink::create(pending_memory, options.memory_file));
+  }
   vm.pause();
   auto result = [&]() -> Result<CaptureStats> {
     RecordWriter writer(*sink, WriterOptions{options.compression_level});
     CaptureOptions capture;
+    capture.snapshot_id = id;
     if (memory_sink) {
       capture.memory_file = memory_sink.get();
       capture.memory_file_name = memory_file_reference(path, options.memory_file);
@@ -699,14 +707,28 @@ Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
       capture.dirty = TRY(options.tracker->collect(vm));
     }
     CaptureStats stats = TRY(capture_vm(vm, writer, capture));
-    // The memory file first: a snapshot file in place always has its memory file (a crash in
-    // between leaves a new memory file beside an older snapshot, which restore detects by id).
+    crash_point("snapshot-written");
+    // The pair commits at the snapshot's rename (memory_file.h): the memory file waits under its
+    // pending name until then, and moves into place after.
     if (memory_sink) {
       TRY_CTX(memory_sink->commit(), fmt::format("writing memory file {}", options.memory_file));
+      crash_point("memory-file-pending");
     }
-    TRY_CTX(sink->commit(), fmt::format("writing snapshot {}", path));
+    Status committed = sink->commit();
+    if (!committed.ok()) {
+      if (memory_sink) ::unlink(pending_memory.c_str());
+      return std::move(committed).error().with_context(fmt::format("writing snapshot {}", path));
+    }
+    crash_point("snapshot-committed");
     // Durable: the next diff is relative to this snapshot.
     if (options.tracker) TRY(options.tracker->restart(vm, stats.snapshot_id));
+    if (memory_sink) {
+      TRY_CTX(install_pending_memory_file(options.memory_file, id),
+              fmt::format("snapshot {} is in place, but its memory file is not (the next restore "
+                          "moves it there)",
+                          path));
+      crash_point("memory-file-installed");
+    }
     return stats;
   }();
   if (!options.leave_paused || !result.ok()) vm.resume();
@@ -1324,6 +1346,8 @@ class Restorer {
           reader.name(), record.getRamSize(), record.getHeaderSize(), info_.memory_size,
           kMemoryFileHeaderSize));
     }
+    // A snapshot interrupted after its commit point left its memory file pending: finish it.
+    TRY(roll_forward_memory_file(path, info_.memory_size, info_.snapshot_id));
     Fd fd = TRY(open_memory_file(path, info_.memory_size, info_.snapshot_id));
     if (options_.lazy) {
       config_.memory_file = vmm::MemoryFileBacking{fd.get(), kMemoryFileHeaderSize};

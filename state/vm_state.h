@@ -29,6 +29,8 @@ struct CaptureOptions {
   // `memory_file_name`) instead of MemoryPages records.
   FileSink* memory_file = nullptr;
   std::string memory_file_name;
+  // The stream's id; empty: a fresh one.
+  std::string snapshot_id;
 };
 
 struct CaptureStats {
@@ -68,9 +70,15 @@ struct SnapshotOptions {
 };
 
 // Pauses the VM, writes a full snapshot to `path` atomically (temporary file, fsync, rename) and
-// resumes it unless asked not to. On any error the previous file at `path` is untouched.
+// resumes it unless asked not to. On any error the previous file at `path` is untouched. With a
+// memory file the two commit as a pair (state/memory_file.h).
 Result<CaptureStats> save_snapshot(vmm::Vm& vm, const std::string& path,
                                    const SnapshotOptions& options);
+// save_snapshot's crash points (base/crash_point.h), in the order it reaches them: both files
+// written, not renamed; the memory file under its pending name; the snapshot renamed (the commit
+// point); the memory file in place. The memory-file ones exist only with a memory file.
+inline constexpr std::array<const char*, 4> kSnapshotCrashPoints = {
+    "snapshot-written", "memory-file-pending", "snapshot-committed", "memory-file-installed"};
 
 // What a stream's header says about the machine it describes.
 struct StreamInfo {

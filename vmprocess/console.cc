@@ -10,6 +10,9 @@
 
 #include <fmt/format.h>
 
+#include "base/rotating_log.h"
+#include "base/size.h"
+
 namespace vmctl::vmprocess {
 
 TerminalMode::TerminalMode() {
@@ -60,14 +63,13 @@ void StdinPump::run() {
   }
 }
 
-Status redirect_console(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-  if (fd < 0) {
-    return Error::user(fmt::format("cannot open console log {}: {}", path, std::strerror(errno)));
-  }
-  Fd log(fd);
-  if (::dup2(log.get(), STDOUT_FILENO) < 0) return Error::from_errno("redirecting stdout", errno);
-  return ok_status();
+Result<std::function<void(const uint8_t*, size_t)>> console_output(const std::string& log_path,
+                                                                   const std::string& log_max) {
+  if (log_path.empty()) return std::function<void(const uint8_t*, size_t)>(write_stdout);
+  uint64_t max_bytes = TRY_CTX(parse_size(log_max), "--console-log-max");
+  std::shared_ptr<RotatingLog> log = TRY_CTX(RotatingLog::open(log_path, max_bytes), "console log");
+  return std::function<void(const uint8_t*, size_t)>(
+      [log](const uint8_t* data, size_t len) { log->write(data, len); });
 }
 
 void write_stdout(const uint8_t* data, size_t len) {

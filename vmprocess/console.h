@@ -43,8 +43,12 @@ class StdinPump {
   std::thread thread_;
 };
 
-// Sends this process's stdout (the guest console) to `path`, appending; for VMs run by vmctld.
-Status redirect_console(const std::string& path);
+// Where the guest's console goes: with a `log_path` (--console-log, as vmctld runs its VMs), a
+// log file capped at `log_max` bytes (--console-log-max, e.g. "8M") and rotated to
+// `log_path`.1 (base/rotating_log.h), so a guest cannot fill the host's disk; else stdout.
+Result<std::function<void(const uint8_t*, size_t)>> console_output(const std::string& log_path,
+                                                                   const std::string& log_max);
+inline constexpr const char* kDefaultConsoleLogMax = "8M";
 
 // Writes all of a buffer to stdout, retrying short writes.
 void write_stdout(const uint8_t* data, size_t len);

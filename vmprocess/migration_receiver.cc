@@ -27,10 +27,9 @@ int fail(const Error& error) {
 
 int receive_migration(const ReceiveOptions& o) {
   block_stop_signals();
-  if (!o.console_log.empty()) {
-    Status redirected = redirect_console(o.console_log);
-    if (!redirected.ok()) return fail(redirected.error());
-  }
+  Result<std::function<void(const uint8_t*, size_t)>> console =
+      console_output(o.console_log, o.console_log_max);
+  if (!console.ok()) return fail(console.error());
   if (o.control.empty() || o.migration_id.empty()) {
     return fail(Error::user("receive needs --control and --migration-id (vmctld runs it)"));
   }
@@ -46,7 +45,7 @@ int receive_migration(const ReceiveOptions& o) {
       state::FileSource::adopt(Fd(o.stream_fd), "migration stream");
   state::RecordReader reader(*source, "migration stream");
   state::RestoreOptions options;
-  options.console_output = write_stdout;
+  options.console_output = *console;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
   if (!tracking.ok()) return fail(tracking.error());
   options.dirty_tracking = *tracking;
@@ -58,7 +57,9 @@ int receive_migration(const ReceiveOptions& o) {
     return fail(vm.error());
   }
   source.reset();
-  // The control socket first: once READY is said, the switchover may come at once.
+  // Paused, then the control socket: once READY is said, the switchover (which resumes it) may
+  // come at once.
+  (*vm)->pause();
   Result<std::unique_ptr<ControlServer>> server = ControlServer::start(
       **vm, o.control, /*vm_paused=*/true, IncomingMigration{o.migration_id, o.stay_paused});
   if (!server.ok()) {

@@ -17,6 +17,7 @@ struct ReceiveOptions {
   bool stay_paused = false;  // the VM was paused at the source
   std::string control;
   std::string console_log;
+  std::string console_log_max;  // e.g. "8M" (console.h)
   std::string dirty_tracking = "auto";
   uint32_t dirty_ring_entries = 0;
 };

@@ -108,6 +108,9 @@ void block_stop_signals() {
 }
 
 int run_session(vmm::Vm& vm, const SessionOptions& o, std::unique_ptr<ControlServer> server) {
+  // Paused before anyone can ask to resume it: a "resume" that came between the control socket
+  // opening and this pause would find nothing to resume, and the pause would then hold forever.
+  if (o.start_paused && !server) vm.pause();
   std::unique_ptr<ControlServer> control = std::move(server);
   if (!control && !o.control.empty()) {
     Result<std::unique_ptr<ControlServer>> server =
@@ -123,7 +126,6 @@ int run_session(vmm::Vm& vm, const SessionOptions& o, std::unique_ptr<ControlSer
     TerminalMode terminal;
     SignalWatcher signals(vm);
     StdinPump input([&vm](const uint8_t* data, size_t len) { vm.console_input(data, len); });
-    if (o.start_paused) vm.pause();
     vm.start();
     exit = vm.wait();
   }

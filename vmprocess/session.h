@@ -19,7 +19,8 @@ struct SessionOptions {
   std::string control;
 };
 // `server`: a control server started already (a receiving VM opens its socket before it says
-// READY); otherwise one is started on `options.control` if that is set.
+// READY), for a VM its caller paused already if it is to start paused; otherwise one is started
+// on `options.control` if that is set.
 int run_session(vmm::Vm& vm, const SessionOptions& options,
                 std::unique_ptr<ControlServer> server = nullptr);
 

@@ -4,7 +4,9 @@
  *   hb_ms=N       heartbeat period in milliseconds (default 1000)
  *   exit_after=N  end the VM with status 0 after heartbeat N (default: run until stopped)
  *   smp=0|1       start the other CPUs listed in the MP table (default 1)
- * Console commands: "exit N" ends the VM with status N; any other line is echoed as "RX <line>".
+ * Console commands: "exit N" ends the VM with status N; "flood N" prints N lines of 100 bytes
+ * as fast as it can, then "FLOOD done lines=N" (a guest that tries to fill the host's disk through
+ * its console); any other line is echoed as "RX <line>".
  * Heartbeat numbers continue across snapshot/restore and migration: tests check that. */
 #include "rt/rt.h"
 
@@ -21,6 +23,18 @@ static void start_other_cpus(void) {
   } else {
     rt_printf("SMP: FAIL only %u of %u CPUs came online\n", rt_cpus_online, rt_ncpus);
   }
+}
+
+static void flood(uint64_t lines) {
+  for (uint64_t i = 0; i < lines; ++i) {
+    /* 100 bytes with the line end: "FLOOD <i> " and filler. */
+    char line[101];
+    int n = rt_snprintf(line, sizeof(line), "FLOOD %lu ", i);
+    for (; n < 99; ++n) line[n] = 'f';
+    line[99] = '\n';
+    rt_serial_write(line, 100);
+  }
+  rt_printf("FLOOD done lines=%lu\n", lines);
 }
 
 void user_main(void) {
@@ -41,7 +55,13 @@ void user_main(void) {
   char line[200];
   for (;;) {
     rt_wait_tick();
-    while (rt_poll_line(line, sizeof(line))) rt_printf("RX %s\n", line);
+    while (rt_poll_line(line, sizeof(line))) {
+      if (strncmp(line, "flood ", 6) == 0) {
+        flood(rt_parse_number(line + 6));
+      } else {
+        rt_printf("RX %s\n", line);
+      }
+    }
     uint64_t now = rt_ticks;
     if (now < next) continue;
     /* After a pause the timer may deliver one coalesced tick: count one heartbeat, no burst. */

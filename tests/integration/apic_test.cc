@@ -127,10 +127,16 @@ TEST_P(ApicHold, SnapshotInsideTheNestRestoresInANewProcess) {
     EXPECT_EQ(isr, nlohmann::json({0x51, 0x61, 0x71})) << lapic;
   }
   if (std::string(c.timer) == "deadline") {
-    // Armed, or just expired (KVM clears the deadline when it fires) with its tick pending.
-    bool tick_pending =
-        std::find(lapic["irr"].begin(), lapic["irr"].end(), 0xe1) != lapic["irr"].end();
-    EXPECT_TRUE(lapic["timer"]["tsc_deadline"] != 0 || tick_pending) << lapic;
+    // Armed, or just expired (KVM clears the deadline when it fires) with its tick pending or
+    // in service (its handler re-arms it). A host that keeps no in-service vectors shows a tick
+    // being handled as neither.
+    auto has = [](const nlohmann::json& list, int v) {
+      return std::find(list.begin(), list.end(), v) != list.end();
+    };
+    bool tick_pending = has(lapic["irr"], 0xe1) || has(lapic["isr"], 0xe1);
+    if (tracked) {
+      EXPECT_TRUE(lapic["timer"]["tsc_deadline"] != 0 || tick_pending) << lapic;
+    }
     EXPECT_EQ(lapic["lvt"]["timer"], "0x400e1") << "TSC-deadline mode, vector 0xe1: " << lapic;
   }
 

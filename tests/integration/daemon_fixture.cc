@@ -1,5 +1,7 @@
 #include "tests/integration/daemon_fixture.h"
 
+#include "tests/integration/guest_copies.h"
+
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -28,7 +30,16 @@ ScratchDir::ScratchDir(const std::string& name) {
 }
 
 ScratchDir::~ScratchDir() {
-  // VM processes outlive their daemon by design: make sure none of this test's is left behind.
+  // VM processes outlive their daemon by design, so a test must end its own. One left behind is
+  // an orphan: that fails the test (then it is killed, so that later tests start clean).
+  std::vector<GuestCopy> left = guest_copies({path_}, "");
+  std::vector<GuestCopy> nested;
+  for (const char* host : {"/a/state", "/b/state", "/state"}) {
+    for (const GuestCopy& c : guest_copies({path_ + host}, "")) nested.push_back(c);
+  }
+  left.insert(left.end(), nested.begin(), nested.end());
+  if (!left.empty())
+    ADD_FAILURE() << "VM processes left behind in " << path_ << ": " << describe(left);
   shell("pkill -9 -f -- '" + path_ + "/' >/dev/null 2>&1");
   shell("rm -rf '" + path_ + "'");
 }
@@ -85,6 +96,15 @@ void Daemon::stop(int sig) {
   process_->signal(sig);
   process_->wait_exit(30s);
   process_.reset();
+}
+
+void Daemon::stop_vms() {
+  if (!stub_) return;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  v1::ListVmsResponse vms;
+  if (!stub_->ListVms(&context, v1::ListVmsRequest(), &vms).ok()) return;
+  for (const v1::VmInfo& vm : vms.vms()) call(&v1::Vmctl::Stub::StopVm, vm.name());
 }
 
 std::string Daemon::log() {
@@ -174,10 +194,14 @@ grpc::Status Daemon::send_console(const std::string& name, const std::string& te
 }
 
 std::string Daemon::console(const std::string& name) {
-  std::ifstream in(dir_ + "/state/vms/" + name + "/console.log");
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
+  // The log rotates (base/rotating_log.h): the generation before the current one comes first.
+  std::string log = dir_ + "/state/vms/" + name + "/console.log";
+  std::string text;
+  for (const std::string& file : {log + ".1", log}) {
+    std::ifstream in(file, std::ios::binary);
+    text.append(std::istreambuf_iterator<char>(in), {});
+  }
+  return text;
 }
 
 std::optional<std::string> Daemon::wait_console(const std::string& name, const std::string& pattern,

@@ -41,6 +41,8 @@ class Daemon {
 
   void start();
   void stop(int sig = SIGTERM);  // and wait for it to exit
+  // Stops every VM the daemon runs (VM processes outlive their daemon: a test ends its own).
+  void stop_vms();
   // The next start() runs through this prefix instead (another environment for fault injection).
   void set_prefix(std::vector<std::string> prefix) { prefix_ = std::move(prefix); }
   const std::vector<std::string>& prefix() const { return prefix_; }
@@ -65,6 +67,7 @@ class Daemon {
   // Polls the VM's console log for a line matching `pattern` (from the start of the log).
   std::optional<std::string> wait_console(const std::string& name, const std::string& pattern,
                                           std::chrono::milliseconds timeout);
+  // The VM's console log: its previous generation (console.log.1), then the current one.
   std::string console(const std::string& name);
   // Waits until the VM is in `state`.
   bool wait_state(const std::string& name, v1::VmState state, std::chrono::milliseconds timeout);

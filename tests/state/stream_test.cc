@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -14,6 +15,15 @@ namespace vmctl::state {
 namespace {
 
 namespace ps = proto::state;
+
+// How many lines a shell command prints.
+int shell_count(const std::string& command) {
+  FILE* p = popen(command.c_str(), "r");
+  int lines = 0;
+  for (int c; (c = fgetc(p)) != EOF;) lines += c == '\n';
+  pclose(p);
+  return lines;
+}
 
 std::vector<uint8_t> write_stream(int compression = 1) {
   MemorySink sink;
@@ -218,8 +228,44 @@ TEST(FileSink, UncommittedFileLeavesNothingAndKeepsTheOldFile) {
   size_t n = fread(buf, 1, sizeof(buf), f);
   fclose(f);
   EXPECT_EQ(std::string(buf, n), "old");
-  EXPECT_NE(access((path + ".tmp." + std::to_string(getpid())).c_str(), F_OK), 0)
-      << "temporary file left behind";
+  EXPECT_EQ(shell_count("ls '" + path + "'.tmp-* 2>/dev/null"), 0) << "temporary file left behind";
+  struct stat st {};
+  ASSERT_EQ(stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u) << "snapshots are the operator's alone";
+  unlink(path.c_str());
+}
+
+TEST(FileSink, WriterThatCrashesLeavesTheOldFileAndItsLeftoverGoesNextTime) {
+  std::string path = ::testing::TempDir() + "/sink-crash-" + std::to_string(getpid()) + ".snap";
+  {
+    auto sink = FileSink::create(path);
+    ASSERT_TRUE(sink.ok());
+    ASSERT_TRUE((*sink)->write("old", 3).ok());
+    ASSERT_TRUE((*sink)->commit().ok());
+  }
+  pid_t writer = fork();
+  if (writer == 0) {
+    auto sink = FileSink::create(path);
+    if (!sink.ok()) _exit(1);
+    std::vector<uint8_t> big(8 << 20, 0x5a);  // more than the buffer: it reaches the disk
+    if (!(*sink)->write(big.data(), big.size()).ok()) _exit(1);
+    _exit(0);  // a crash: no commit, no destructor
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(writer, &status, 0), writer);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::string leftover = fmt::format("{}.tmp-{}-", path, writer);
+  EXPECT_EQ(shell_count("ls '" + leftover + "'* 2>/dev/null"), 1) << "the crash leaves its file";
+  std::ifstream in(path, std::ios::binary);
+  std::string content((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_EQ(content, "old");
+  {
+    auto sink = FileSink::create(path);  // the next writer of this file
+    ASSERT_TRUE(sink.ok());
+  }
+  EXPECT_EQ(shell_count("ls '" + leftover + "'* 2>/dev/null"), 0)
+      << "the dead writer's temporary file must be removed";
+  unlink(path.c_str());
 }
 
 TEST(FileSink, UnwritableDirectoryIsAClearError) {

@@ -203,7 +203,7 @@ void rt_exit(uint32_t status) {
 }
 
 /* ---- command line ---- */
-static uint64_t parse_number(const char* s) {
+uint64_t rt_parse_number(const char* s) {
   uint64_t v = 0;
   unsigned base = 10;
   if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) base = 16, s += 2;
@@ -227,7 +227,7 @@ uint64_t rt_arg(const char* name, uint64_t fallback) {
   const char* p = rt_cmdline;
   while (*p) {
     while (*p == ' ') ++p;
-    if (strncmp(p, name, len) == 0 && p[len] == '=') return parse_number(p + len + 1);
+    if (strncmp(p, name, len) == 0 && p[len] == '=') return rt_parse_number(p + len + 1);
     while (*p && *p != ' ') ++p;
   }
   return fallback;
@@ -255,7 +255,7 @@ int rt_poll_line(char* line, size_t size) {
     if (input_len == 0) continue;
     input[input_len] = 0;
     input_len = 0;
-    if (strncmp(input, "exit ", 5) == 0) rt_exit((uint32_t)parse_number(input + 5));
+    if (strncmp(input, "exit ", 5) == 0) rt_exit((uint32_t)rt_parse_number(input + 5));
     if (strncmp(input, "crash", 6) == 0) {
       rt_printf("crash: jumping to guest-physical 0xe0000000 (no RAM there)\n");
       __asm__ volatile("jmp *%0" ::"r"(0xe0000000ul));

@@ -64,6 +64,8 @@ void rt_serial_write(const char* s, size_t n);
 void rt_serial_write_unlocked(const char* s, size_t n);
 void rt_serial_init(void);
 size_t rt_serial_read(char* buf, size_t size);
+/* A decimal or 0x-prefixed hexadecimal number at the start of `s` (0 if there is none). */
+uint64_t rt_parse_number(const char* s);
 /* The value of "name=<number>" on the command line, or `fallback`. */
 uint64_t rt_arg(const char* name, uint64_t fallback);
 /* Reads pending serial input; returns 1 with a NUL-terminated line when one is complete.
