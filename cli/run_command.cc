@@ -33,6 +33,7 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   run->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics when the VM ends");
   run->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
   add_console_log_options(run, o.console_log, o.console_log_max);
+  add_guest_memory_limit(run, o.max_guest_memory);
   run->add_option("--control", o.control,
                   "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
   add_dirty_tracking_options(run, o.dirty_tracking, o.dirty_ring_entries);
@@ -60,10 +61,30 @@ void add_console_log_options(CLI::App* command, std::string& path, std::string& 
       ->capture_default_str();
 }
 
+void add_guest_memory_limit(CLI::App* command, std::string& max) {
+  command->add_option("--max-guest-memory", max,
+                      "Refuse a guest with more RAM than this (e.g. 64G; default: the host's RAM)");
+}
+
+Result<uint64_t> guest_memory_limit(const std::string& max) {
+  if (max.empty()) return uint64_t{0};
+  return TRY_CTX(parse_size(max), "--max-guest-memory");
+}
+
 int run_vm(const RunOptions& o) {
   Result<uint64_t> memory = parse_size(o.memory);
   if (!memory.ok()) {
     std::fprintf(stderr, "vmctl: --memory: %s\n", memory.error().message().c_str());
+    return 2;
+  }
+  Result<uint64_t> limit = guest_memory_limit(o.max_guest_memory);
+  if (!limit.ok() || (*limit && *memory > *limit)) {
+    std::fprintf(stderr, "vmctl: %s\n",
+                 !limit.ok() ? limit.error().message().c_str()
+                             : fmt::format("--memory {} is more than the {} this host allows a "
+                                           "guest (--max-guest-memory)",
+                                           format_size(*memory), format_size(*limit))
+                                   .c_str());
     return 2;
   }
   Result<std::function<void(const uint8_t*, size_t)>> console =

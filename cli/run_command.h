@@ -22,6 +22,7 @@ struct RunOptions {
   std::string control;      // unix socket for snapshot/pause/resume requests
   std::string console_log;  // guest console to this file instead of stdout
   std::string console_log_max = vmprocess::kDefaultConsoleLogMax;
+  std::string max_guest_memory;
   std::string dirty_tracking = "auto";
   uint32_t dirty_ring_entries = 0;
 };
@@ -30,6 +31,11 @@ struct RunOptions {
 void add_dirty_tracking_options(CLI::App* command, std::string& mode, uint32_t& ring_entries);
 // --console-log and --console-log-max, shared by run, restore and receive.
 void add_console_log_options(CLI::App* command, std::string& path, std::string& max_bytes);
+// --max-guest-memory SIZE (run, restore, receive): the largest guest this process may build
+// (vmctld passes its own limit).
+void add_guest_memory_limit(CLI::App* command, std::string& max);
+// The limit in bytes (0: none but the host's RAM), or a one-line error.
+Result<uint64_t> guest_memory_limit(const std::string& max);
 
 // Adds the `run` subcommand to `app`; `options` must outlive parsing.
 CLI::App* add_run_command(CLI::App& app, RunOptions& options);

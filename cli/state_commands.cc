@@ -78,6 +78,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.restore->add_option("--control", o.control, "Listen on this unix socket (as vmctl run)");
   c.restore->add_flag("--stats", o.stats, "Print per-vCPU KVM exit statistics at the end");
   add_console_log_options(c.restore, o.console_log, o.console_log_max);
+  add_guest_memory_limit(c.restore, o.max_guest_memory);
   c.restore->add_flag("--lazy", o.lazy,
                       "Map the snapshot's memory file (snapshot --memory-file) instead of reading "
                       "it: restore time does not grow with RAM, pages load as the guest touches "
@@ -118,6 +119,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
       ->required();
   c.receive->add_flag("--paused", o.paused, "Stay paused after the switchover");
   add_console_log_options(c.receive, o.console_log, o.console_log_max);
+  add_guest_memory_limit(c.receive, o.max_guest_memory);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
   return c;
 }
@@ -132,6 +134,9 @@ int receive_command(const StateOptions& o) {
   options.console_log_max = o.console_log_max;
   options.dirty_tracking = o.dirty_tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
+  Result<uint64_t> limit = guest_memory_limit(o.max_guest_memory);
+  if (!limit.ok()) return fail(limit.error());
+  options.max_guest_memory = *limit;
   return vmprocess::receive_migration(options);
 }
 
@@ -181,6 +186,9 @@ int restore_command(const StateOptions& o) {
   if (!tracking.ok()) return fail(tracking.error());
   options.dirty_tracking = *tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
+  Result<uint64_t> limit = guest_memory_limit(o.max_guest_memory);
+  if (!limit.ok()) return fail(limit.error());
+  options.budget.max_guest_memory = *limit;
   state::StreamInfo info;
   auto start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<vmm::Vm>> vm = state::restore_snapshot(o.chain, options, &info);

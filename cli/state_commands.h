@@ -29,6 +29,7 @@ struct StateOptions {
   bool strict_tsc = false;
   std::string console_log;
   std::string console_log_max = vmprocess::kDefaultConsoleLogMax;
+  std::string max_guest_memory;         // restore, receive
   int stream_fd = -1;                   // receive: the migration stream's descriptor
   std::string migration_id;             // receive
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)

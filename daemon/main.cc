@@ -67,6 +67,10 @@ int main(int argc, char** argv) {
                  "Cap each VM's console log at this size: when full it becomes console.log.1 "
                  "(replacing the one before) and a new console.log starts")
       ->capture_default_str();
+  std::string max_guest_memory;
+  app.add_option("--max-guest-memory", max_guest_memory,
+                 "The largest guest this host takes (created, restored or migrated in), e.g. "
+                 "64G; default: the host's RAM");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   app.footer(
@@ -88,6 +92,14 @@ int main(int argc, char** argv) {
                  manager_options.console_log_max.c_str(),
                  cap.ok() ? "too small: use at least 4096 bytes" : cap.error().message().c_str());
     return 2;
+  }
+  if (!max_guest_memory.empty()) {
+    Result<uint64_t> limit = parse_size(max_guest_memory);
+    if (!limit.ok()) {
+      std::fprintf(stderr, "vmctld: --max-guest-memory: %s\n", limit.error().message().c_str());
+      return 2;
+    }
+    manager_options.max_guest_memory = *limit;
   }
   if (!listen.empty() && (tls.ca.empty() || tls.cert.empty() || tls.key.empty())) {
     std::fprintf(stderr,
@@ -117,7 +129,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "vmctld: %s\n", journal.error().message().c_str());
     return journal.error().exit_code();
   }
-  daemon::IncomingMigrations incoming(**manager, *journal, daemon::IncomingLimits{});
+  daemon::IncomingLimits incoming_limits;
+  incoming_limits.max_guest_memory = manager_options.max_guest_memory;
+  daemon::IncomingMigrations incoming(**manager, *journal, incoming_limits);
   daemon::OutgoingMigrations outgoing(**manager, *journal,
                                       migrate::TlsConfig{tls.ca, tls.cert, tls.key});
   (*manager)->set_exit_listener(

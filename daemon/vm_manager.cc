@@ -254,6 +254,12 @@ Result<v1::VmInfo> VmManager::create(const std::string& name, const v1::VmConfig
                                    config.kernel(), std::strerror(errno)));
   }
   if (!config.dirty_tracking().empty()) TRY(vmm::parse_dirty_tracking(config.dirty_tracking()));
+  if (options_.max_guest_memory && config.memory_bytes() > options_.max_guest_memory) {
+    return Error::user(
+        fmt::format("VM {} asks for {} MiB of RAM; this host runs guests of at most "
+                    "{} MiB (vmctld --max-guest-memory)",
+                    name, config.memory_bytes() >> 20, options_.max_guest_memory >> 20));
+  }
   TRY(make_dir(vm_dir(name), 0700));
   auto e = std::make_shared<Entry>();
   e->name = name;
@@ -275,6 +281,10 @@ Result<pid_t> VmManager::spawn(const std::string& name, const std::vector<std::s
   argv_storage.insert(argv_storage.end(),
                       {"--control", socket_path(name), "--console-log", console_path(name),
                        "--console-log-max", options_.console_log_max});
+  if (options_.max_guest_memory) {
+    argv_storage.insert(argv_storage.end(),
+                        {"--max-guest-memory", std::to_string(options_.max_guest_memory)});
+  }
   std::vector<char*> argv;
   for (std::string& a : argv_storage) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -658,7 +668,11 @@ Result<v1::VmInfo> VmManager::get(const std::string& name, bool with_stats) {
   }
   if (with_stats && live) {
     // Without the manager's lock: a VM that is slow to answer delays this call only.
-    Result<nlohmann::json> stats = control(name, {{"op", "stats"}});
+    // Stats are a nicety: a VM slow to give them gets its record without them, promptly.
+    Result<nlohmann::json> stats =
+        control(name, {{"op", "stats"}},
+                vmprocess::ControlTimeouts{std::chrono::milliseconds(500),
+                                           std::chrono::milliseconds(1000)});
     if (stats.ok() && stats->contains("vcpus") && (*stats)["vcpus"].is_array()) {
       for (const nlohmann::json& v : (*stats)["vcpus"]) {
         if (!v.is_object() || !v.contains("counters") || !v["counters"].is_object()) continue;
@@ -695,7 +709,10 @@ Result<v1::SnapshotResponse> VmManager::snapshot(const v1::SnapshotRequest& r) {
   if (!r.memory_file().empty()) request["memory_file"] = r.memory_file();
   std::string name = r.name();
   lock.unlock();  // a snapshot of a large VM takes a while; other VMs go on
-  nlohmann::json a = TRY(control(name, request));
+  // Writing a large guest to a slow disk takes minutes; a VM that never answers is still cut off.
+  nlohmann::json a = TRY(control(
+      name, request,
+      vmprocess::ControlTimeouts{std::chrono::milliseconds(2000), std::chrono::minutes(30)}));
   lock.lock();
   if (r.stop()) {
     if (Entry* now = find(name); now && now->state == v1::VM_STATE_RUNNING) {

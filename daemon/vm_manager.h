@@ -33,6 +33,7 @@ struct ManagerOptions {
   std::string state_dir;
   std::string vmctl_binary;            // the `vmctl` that runs each VM
   std::string console_log_max = "8M";  // each VM's console.log cap (vmctl --console-log-max)
+  uint64_t max_guest_memory = 0;       // the largest guest this host runs; 0: its RAM
 };
 
 // How a VM process is started: the vmctl verb and its arguments (without the control socket and

@@ -50,6 +50,7 @@ int receive_migration(const ReceiveOptions& o) {
   if (!tracking.ok()) return fail(tracking.error());
   options.dirty_tracking = *tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
+  options.budget.max_guest_memory = o.max_guest_memory;
   auto start = std::chrono::steady_clock::now();
   Result<std::unique_ptr<vmm::Vm>> vm = state::restore_vm(reader, options);
   if (!vm.ok()) {

@@ -3,12 +3,16 @@
 #include <grpcpp/impl/codegen/client_unary_call.h>
 #include <grpcpp/impl/codegen/sync_stream.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <gtest/gtest.h>
+
+#include <future>
 
 #include <fstream>
 
 #include "tests/integration/daemon_fixture.h"
+#include "tests/integration/guest_copies.h"
 
 namespace vmctl::testing {
 namespace {
@@ -121,6 +125,81 @@ TEST_F(DaemonTest, KilledVmDoesNotTakeDownTheDaemonOrOtherVms) {
   EXPECT_TRUE(d.wait_console("victim", "^HB 2\\b", 30s));
   d.call(&v1::Vmctl::Stub::StopVm, "victim");
   d.call(&v1::Vmctl::Stub::StopVm, "other");
+}
+
+// A host that runs guests of at most --max-guest-memory refuses bigger ones, whether they are
+// created, restored or (stream_faults_test.cc) migrated in, with one line naming both sizes.
+TEST_F(DaemonTest, GuestsLargerThanTheHostsLimitAreRefused) {
+  std::string snap = dir_.path() + "/big.snap";
+  {
+    mkdir((dir_.path() + "/roomy").c_str(), 0700);
+    Daemon roomy(dir_.path() + "/roomy");
+    ASSERT_TRUE(roomy.create("big", "", "hb_ms=50", 128 * kMiB, 1).ok());
+    grpc::ClientContext context;
+    v1::SnapshotRequest request;
+    request.set_name("big");
+    request.set_path(snap);
+    v1::SnapshotResponse response;
+    ASSERT_TRUE(roomy.stub().Snapshot(&context, request, &response).ok());
+    roomy.stop_vms();
+  }
+  Daemon d(dir_.path(), {"--max-guest-memory", "64M"});
+  v1::VmInfo info;
+  grpc::Status created = d.create("big", "", "hb_ms=50", 128 * kMiB, 1, &info);
+  EXPECT_EQ(created.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(created.error_message().find("at most 64 MiB"), std::string::npos)
+      << created.error_message();
+  EXPECT_TRUE(d.create("small", "", "hb_ms=50", 64 * kMiB, 1).ok());
+  grpc::ClientContext context;
+  v1::RestoreRequest restore;
+  restore.set_name("restored");
+  restore.add_files(snap);
+  grpc::Status restored = d.stub().Restore(&context, restore, &info);
+  EXPECT_FALSE(restored.ok());
+  EXPECT_NE(restored.error_message().find("allows a guest"), std::string::npos)
+      << restored.error_message();
+  EXPECT_TRUE(guest_copies({dir_.path() + "/state"}, "restored").empty());
+  d.stop_vms();
+}
+
+// A VM process that stops answering (here: stopped with SIGSTOP) delays the calls about it, never
+// the daemon's other calls: the daemon holds no lock of its own while it waits for a VM.
+TEST_F(DaemonTest, ASilentVmProcessDelaysOnlyItsOwnCalls) {
+  Daemon d(dir_.path());
+  v1::VmInfo silent, other;
+  ASSERT_TRUE(d.create("silent", "", "hb_ms=50", 64 * kMiB, 1, &silent).ok());
+  ASSERT_TRUE(d.create("other", "", "hb_ms=50", 64 * kMiB, 1, &other).ok());
+  ASSERT_EQ(kill(silent.pid(), SIGSTOP), 0);
+  auto stuck = std::async(std::launch::async, [&] {
+    return d.call(&v1::Vmctl::Stub::PauseVm, "silent");  // waits for the silent process
+  });
+  std::this_thread::sleep_for(300ms);
+  ASSERT_EQ(stuck.wait_for(0s), std::future_status::timeout) << "the pause did not wait at all";
+  // Meanwhile everything else is answered (each call's own deadline: a few seconds).
+  auto quick = [&](auto&& call) {
+    auto f = std::async(std::launch::async, call);
+    return f.wait_for(3s) == std::future_status::ready && f.get();
+  };
+  EXPECT_TRUE(quick([&] { return d.call(&v1::Vmctl::Stub::PauseVm, "other").ok(); }));
+  EXPECT_TRUE(quick([&] { return d.call(&v1::Vmctl::Stub::ResumeVm, "other").ok(); }));
+  EXPECT_TRUE(quick([&] {
+    grpc::Status s;
+    d.get("silent", &s);  // its record comes, without the stats its process would give
+    return s.ok();
+  }));
+  EXPECT_TRUE(quick([&] {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + 3s);
+    v1::ListVmsResponse r;
+    return d.stub().ListVms(&context, v1::ListVmsRequest(), &r).ok() && r.vms_size() == 2;
+  }));
+  // The silent VM's own call gives up with a clear error rather than hanging for good.
+  grpc::Status paused = stuck.get();
+  EXPECT_FALSE(paused.ok());
+  EXPECT_NE(paused.error_message().find("did not answer"), std::string::npos)
+      << paused.error_message();
+  ASSERT_EQ(kill(silent.pid(), SIGCONT), 0);
+  d.stop_vms();
 }
 
 TEST_F(DaemonTest, RestartAdoptsRunningVmsAndReportsLostOnes) {
