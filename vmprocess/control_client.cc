@@ -17,7 +17,9 @@ using Clock = std::chrono::steady_clock;
 // A control line is small JSON; anything longer is not from a VM process of ours.
 constexpr size_t kMaxLine = 1 << 20;
 
-Result<sockaddr_un> unix_address(const std::string& path) {
+}  // namespace
+
+Result<sockaddr_un> unix_socket_address(const std::string& path) {
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (path.size() >= sizeof(addr.sun_path)) {
@@ -27,6 +29,8 @@ Result<sockaddr_un> unix_address(const std::string& path) {
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
   return addr;
 }
+
+namespace {
 
 // Waits until `fd` is readable (or writable); false on timeout. 0 ms waits forever.
 Result<bool> wait_for(int fd, short events, std::chrono::milliseconds timeout) {
@@ -50,7 +54,7 @@ Result<bool> wait_for(int fd, short events, std::chrono::milliseconds timeout) {
 }
 
 Result<Fd> connect_to(const std::string& path, std::chrono::milliseconds timeout) {
-  sockaddr_un addr = TRY(unix_address(path));
+  sockaddr_un addr = TRY(unix_socket_address(path));
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return Error::from_errno("creating a socket", errno);
   Fd conn(fd);
@@ -186,6 +190,10 @@ Result<nlohmann::json> ControlStream::next(std::chrono::milliseconds timeout) {
 
 Status ControlStream::send(const nlohmann::json& line) {
   return write_all(fd_.get(), dump_line(line), std::chrono::milliseconds(10000));
+}
+
+Status send_json_line(int fd, const nlohmann::json& line) {
+  return write_all(fd, dump_line(line), std::chrono::milliseconds(10000));
 }
 
 Status control_stream(const std::string& path, const nlohmann::json& request,

@@ -3,6 +3,8 @@
 // the daemon links only this.
 #pragma once
 
+#include <sys/un.h>
+
 #include <chrono>
 #include <functional>
 #include <string>
@@ -49,6 +51,12 @@ class ControlStream {
   std::string path_;
   std::string buffer_;
 };
+
+// The address of a unix socket at `path` (an error if the path is too long for one).
+Result<sockaddr_un> unix_socket_address(const std::string& path);
+// One JSON line on a connection of the protocol (either side); text that is not UTF-8 is
+// replaced, never thrown over.
+Status send_json_line(int fd, const nlohmann::json& line);
 
 // Sends one request and passes every answer line to `on_line` until the VM closes the
 // connection. An {"ok":false} line ends it with that error.

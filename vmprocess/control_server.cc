@@ -16,6 +16,7 @@
 
 #include "state/cpu_features.h"
 #include "state/vm_state.h"
+#include "vmprocess/control_client.h"
 
 namespace vmctl::vmprocess {
 namespace {
@@ -24,26 +25,8 @@ namespace {
 // connection at a time).
 constexpr int kRequestTimeoutSeconds = 5;
 
-Result<sockaddr_un> unix_address(const std::string& path) {
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  if (path.size() >= sizeof(addr.sun_path)) {
-    return Error::user(fmt::format("control socket path {} is too long (at most {} bytes)", path,
-                                   sizeof(addr.sun_path) - 1));
-  }
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  return addr;
-}
-
 void write_line(int fd, const nlohmann::json& j) {
-  std::string data = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t n = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // the client went away: nothing to tell it
-    done += static_cast<size_t>(n);
-  }
+  (void)send_json_line(fd, j);  // a client that went away has nothing to be told
 }
 
 // One line (the request); false on timeout, error or a line over 1 MiB.
@@ -68,7 +51,7 @@ nlohmann::json refused(const std::string& why) {
 Result<std::unique_ptr<ControlServer>> ControlServer::start(
     vmm::Vm& vm, const std::string& path, bool vm_paused,
     std::optional<IncomingMigration> incoming) {
-  sockaddr_un addr = TRY(unix_address(path));
+  sockaddr_un addr = TRY(unix_socket_address(path));
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return Error::from_errno("creating the control socket", errno);
   Fd listener(fd);

@@ -12,6 +12,7 @@
 
 #include "migrate/journal.h"
 #include "migrate/precopy.h"
+#include "vmprocess/control_client.h"
 
 namespace vmctl::vmprocess {
 namespace {
@@ -35,18 +36,6 @@ nlohmann::json progress_json(const migrate::Progress& p, const std::string& id) 
     j["state_at_ns"] = p.state_at_ns;
   }
   return j;
-}
-
-Status send_line(int fd, const nlohmann::json& line) {
-  std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::send(fd, text.data() + done, text.size() - done, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return Error::from_errno("writing a progress line to vmctld", errno);
-    done += static_cast<size_t>(n);
-  }
-  return ok_status();
 }
 
 }  // namespace
@@ -166,7 +155,7 @@ void MigrationSender::run(MigrateArgs args, Fd conn) {
   data.stall_timeout = std::chrono::milliseconds(args.stall_timeout_ms);
   data.tls = args.tls;
   std::thread watcher([this, fd = conn.get()] { watch_daemon(fd); });
-  auto send = [&](const nlohmann::json& line) { (void)send_line(conn.get(), line); };
+  auto send = [&](const nlohmann::json& line) { (void)send_json_line(conn.get(), line); };
   spdlog::info("migration {}: sending to {} over {} stream{}", id, data.destination, data.streams,
                data.streams == 1 ? "" : "s");
 
