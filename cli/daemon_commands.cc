@@ -288,7 +288,8 @@ int host_info_command(DaemonOptions& o) {
     report = *local;
   }
   if (o.json) {
-    std::printf("%s\n", report.dump(2).c_str());
+    std::printf("%s\n",
+                report.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%s", state::format_host_report(report).c_str());
   }

@@ -160,7 +160,7 @@ int snapshot_command(StateOptions& o) {
   if (!answer.ok()) return fail(answer.error());
   const nlohmann::json& a = *answer;
   if (o.json) {
-    std::printf("%s\n", a.dump().c_str());
+    std::printf("%s\n", a.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
     std::printf("%s %s: %s in %.2f s (%llu records, %llu pages, %llu zero pages elided)%s\n",
                 o.diff ? "diff snapshot" : "snapshot", a["path"].get<std::string>().c_str(),

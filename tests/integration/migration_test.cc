@@ -229,3 +229,29 @@ TEST_F(CrossHost, RingAndBitmapVmsMigrateIntoEachOther) {
 
 }  // namespace
 }  // namespace vmctl::testing
+
+namespace vmctl::testing {
+namespace {
+
+// A VM paused here is paused there: the switchover does not resume what its operator paused.
+TEST_F(CrossHost, PausedVmStaysPausedAtTheDestination) {
+  const std::string name = "paused";
+  ASSERT_NO_FATAL_FAILURE(start_dirtier(A(), name, 128 * (1ull << 20), "mib=32 rate=16 hb_ms=50"));
+  ASSERT_TRUE(A().call(&v1::Vmctl::Stub::PauseVm, name).ok());
+  MigrationResult r = migrate(A(), request(name, hosts->addr_b));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_TRUE(B().wait_state(name, v1::VM_STATE_PAUSED, 10s)) << B().get(name).state();
+  std::vector<GuestCopy> copies = guest_copies(roots(), name);
+  ASSERT_EQ(copies.size(), 1u) << describe(copies);
+  EXPECT_EQ(copies[0].root, hosts->root_b());
+  EXPECT_TRUE(copies[0].answers && copies[0].paused) << copies[0].describe();
+  int beats = max_hb(B().console(name));
+  std::this_thread::sleep_for(500ms);
+  EXPECT_EQ(max_hb(B().console(name)), beats) << "a paused guest beat";
+  ASSERT_TRUE(B().call(&v1::Vmctl::Stub::ResumeVm, name).ok());
+  expect_one_copy(name, hosts->root_b());
+  stop_vm(name);
+}
+
+}  // namespace
+}  // namespace vmctl::testing
