@@ -91,7 +91,10 @@ struct IncomingMigrations::Migration {
   MigrationPhase phase = MigrationPhase::kAccepted;
   Clock::time_point accepted_at = Clock::now(), ready_at;
   std::string why;  // DISCARDED / FAILED: what happened
-  pid_t pid = 0;    // the receiving VM process
+  int64_t created_unix_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+  pid_t pid = 0;  // the receiving VM process
   bool process_gone = false;
   bool cleaned_up = false;
   double restore_ms = 0;
@@ -139,8 +142,7 @@ Status IncomingMigrations::save(Migration& m) {
   r.vm = m.vm;
   r.peer = m.source;
   r.detail = m.why;
-  Result<std::optional<migrate::MigrationRecord>> old = journal_.load(m.id);
-  if (old.ok() && *old) r.created_unix_ms = (*old)->created_unix_ms;
+  r.created_unix_ms = m.created_unix_ms;
   return journal_.save(r);
 }
 
@@ -270,10 +272,8 @@ void IncomingMigrations::read_verdict(std::shared_ptr<Migration> m) {
       m->phase = MigrationPhase::kReady;
       m->ready_at = Clock::now();
       m->restore_ms = std::atof(line.c_str() + 5);
-      Status saved = save(*m);
-      if (!saved.ok()) {
-        spdlog::error("migration {}: {}", m->id, saved.error().message());
-      }
+      // Not written down: after a restart READY and ACCEPTED end alike (discarded), and this is
+      // inside the VM's downtime.
     }
     m->cv.notify_all();
     fault_hold("dest-before-ready");
@@ -420,22 +420,27 @@ void IncomingMigrations::switchover(Migration& m) {
     {
       std::lock_guard lock(m.mu);
       m.phase = MigrationPhase::kResumed;
+    }
+    m.cv.notify_all();
+    fault_hold("dest-before-resumed");
+    if (fault_enabled("VMCTL_FAULT_DROP_RESUMED")) {
+      spdlog::warn("fault: migration {}: RESUMED not sent", m.id);
+      if (m.control_context) m.control_context->TryCancel();
+    } else {
+      send(m, event(v1::MigrationEvent::RESUMED));
+    }
+    // After the answer, not before: COMMITTED was the decision, and the VM's downtime ends with
+    // RESUMED. (A restart before this line finds COMMITTED and finishes the same way.)
+    {
+      std::lock_guard lock(m.mu);
       Status saved = save(m);
       if (!saved.ok()) spdlog::error("migration {}: {}", m.id, saved.error().message());
     }
-    m.cv.notify_all();
     (void)vms_.set_migration_state(m.vm, m.stay_paused ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING,
                                    "");
     (void)vms_.refresh_from_process(m.vm);
     spdlog::info("VM {}: migration {} switched over; the VM {} here", m.vm, m.id,
                  m.stay_paused ? "is paused" : "runs");
-    fault_hold("dest-before-resumed");
-    if (fault_enabled("VMCTL_FAULT_DROP_RESUMED")) {
-      spdlog::warn("fault: migration {}: RESUMED not sent", m.id);
-      if (m.control_context) m.control_context->TryCancel();
-      return;
-    }
-    send(m, event(v1::MigrationEvent::RESUMED));
     return;
   }
   v1::MigrationEvent failed = event(v1::MigrationEvent::FAILED, outcome);

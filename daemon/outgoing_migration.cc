@@ -134,6 +134,10 @@ class OutgoingMigrations::Run {
       std::lock_guard lock(job_->mu);
       job_->phase = phase;
     }
+    return persist(phase);
+  }
+  // The journal only: what a restart will find.
+  Status persist(MigrationPhase phase) {
     record_.phase = phase;
     return o_.journal_.save(record_);
   }
@@ -248,6 +252,10 @@ class OutgoingMigrations::Run {
       job_->phase = MigrationPhase::kSent;
     }
     emit_phase("awaiting-destination");
+    // SWITCHOVER is written down now, while the destination restores, so that writing it is not
+    // part of the VM's downtime. Until it is sent this only makes a restart ask the destination
+    // (which cannot have committed) instead of rolling back at once: rule 3 holds either way.
+    TRY(persist(MigrationPhase::kSwitchover));
     Clock::time_point deadline = Clock::now() + kReadyTimeout;
     while (true) {
       if (cancelled()) return Error::user("cancelled");
@@ -279,9 +287,11 @@ class OutgoingMigrations::Run {
                                               : e->error),
                            true);
     }
-    // The point of no return, written down before it is crossed (rule 3).
-    Status saved = set_phase(MigrationPhase::kSwitchover);
-    if (!saved.ok()) return finish_failed(saved.error(), true);
+    // The point of no return (written down already, in wait_ready).
+    {
+      std::lock_guard lock(job_->mu);
+      job_->phase = MigrationPhase::kSwitchover;
+    }
     Clock::time_point switchover_at = Clock::now();
     if (!channel_->switchover()) {
       // The stream was closed before SWITCHOVER could leave: the destination cannot commit.
@@ -323,12 +333,13 @@ class OutgoingMigrations::Run {
     bool was_cancelled = cancelled() || cancelled_by_process_;
     std::string why = was_cancelled ? "cancelled" : error.message();
     if (channel_) channel_->abort(why);
+    // Written down before the VM runs again here: a restart must not find SWITCHOVER then.
+    record_.detail = why;
+    (void)set_phase(MigrationPhase::kRolledBack);
     if (sent) {
       Status back = decide(false);
       if (!back.ok()) spdlog::error("VM {}: rolling back: {}", r_.name(), back.error().message());
     }
-    record_.detail = why;
-    (void)set_phase(MigrationPhase::kRolledBack);
     if (source_process_gone_) {
       // Nothing to resume: the VM's only process is gone (the watcher reports how).
       spdlog::error("VM {}: migration {} failed and the VM process is gone: {}", r_.name(),

@@ -7,8 +7,11 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <random>
+
+#include <xxhash.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -155,17 +158,105 @@ Result<MigrationJournal> MigrationJournal::open(const std::string& dir) {
   return MigrationJournal(dir);
 }
 
+// A record file holds two slots of kSlotBytes; each slot is
+//   "VMCTLMIG <sequence> <xxh3 of the JSON, 16 hex digits> <JSON length>\n<JSON>" padded with
+// newlines. A phase change writes the slot not holding the latest record (sequence + 1) in place
+// and fdatasyncs it: one flush, where a new file would need three (file, rename, directory). A
+// write torn by a crash leaves that slot invalid and the other, the previous phase, in force.
+namespace {
+constexpr size_t kSlotBytes = 4096;
+constexpr const char* kSlotMagic = "VMCTLMIG";
+
+struct Slot {
+  uint64_t sequence = 0;
+  std::string json;
+};
+
+std::string encode_slot(uint64_t sequence, const std::string& json) {
+  std::string out = fmt::format("{} {} {:016x} {}\n{}", kSlotMagic, sequence,
+                                XXH3_64bits(json.data(), json.size()), json.size(), json);
+  out.resize(kSlotBytes, '\n');
+  return out;
+}
+
+std::optional<Slot> decode_slot(std::string_view slot) {
+  size_t nl = slot.find('\n');
+  if (nl == std::string_view::npos) return std::nullopt;
+  char magic[16] = {};
+  unsigned long long sequence = 0, sum = 0, length = 0;
+  std::string head(slot.substr(0, nl));
+  if (std::sscanf(head.c_str(), "%15s %llu %llx %llu", magic, &sequence, &sum, &length) != 4 ||
+      std::string(magic) != kSlotMagic || length > slot.size() - nl - 1) {
+    return std::nullopt;
+  }
+  std::string json(slot.substr(nl + 1, length));
+  if (XXH3_64bits(json.data(), json.size()) != sum) return std::nullopt;
+  return Slot{sequence, std::move(json)};
+}
+
+// The valid slot with the highest sequence, and where it lies (0 or 1).
+std::optional<std::pair<Slot, int>> newest_slot(std::string_view file) {
+  std::optional<std::pair<Slot, int>> best;
+  for (int i = 0; i < 2; ++i) {
+    if (file.size() < (i + 1) * kSlotBytes) break;
+    std::optional<Slot> s = decode_slot(file.substr(i * kSlotBytes, kSlotBytes));
+    if (s && (!best || s->sequence > best->first.sequence)) best = std::make_pair(*s, i);
+  }
+  return best;
+}
+
+Result<std::string> read_small_file(int fd, const std::string& path) {
+  std::string text;
+  char buf[4096];
+  while (true) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno(fmt::format("reading {}", path), errno);
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > 2 * kSlotBytes) return Error::user(fmt::format("{} is too large", path));
+  }
+  return text;
+}
+
+}  // namespace
+
+Result<MigrationRecord> parse_journal_file(const std::string& text) {
+  std::optional<std::pair<Slot, int>> newest = newest_slot(text);
+  if (!newest) return Error::user("neither of its two slots holds a whole record");
+  return parse_migration_record(newest->first.json);
+}
+
 Status MigrationJournal::save(MigrationRecord record) {
   TRY(validate_migration_id(record.id));
   record.updated_unix_ms = now_unix_ms();
   if (record.created_unix_ms == 0) record.created_unix_ms = record.updated_unix_ms;
+  if (record.detail.size() > 2048) record.detail = record.detail.substr(0, 2048) + "...";
+  std::string json = format_migration_record(record);
   std::string path = fmt::format("{}/{}.json", dir_, record.id);
+  int fd = ::open(path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+  if (fd >= 0) {
+    Fd file(fd);
+    std::string text = TRY(read_small_file(fd, path));
+    std::optional<std::pair<Slot, int>> newest = newest_slot(text);
+    uint64_t sequence = newest ? newest->first.sequence + 1 : 1;
+    int slot = newest ? 1 - newest->second : 0;
+    std::string bytes = encode_slot(sequence, json);
+    if (::pwrite(fd, bytes.data(), bytes.size(), static_cast<off_t>(slot * kSlotBytes)) !=
+        static_cast<ssize_t>(bytes.size())) {
+      return Error::from_errno(fmt::format("writing {}", path), errno);
+    }
+    if (::fdatasync(fd) != 0) return Error::from_errno(fmt::format("fdatasync {}", path), errno);
+    return ok_status();
+  }
+  if (errno != ENOENT) return Error::from_errno(fmt::format("opening {}", path), errno);
+  // A new record: both slots, written whole under a temporary name and renamed into place.
   std::string tmp = fmt::format("{}/.{}.json.tmp", dir_, record.id);
   ::unlink(tmp.c_str());  // a leftover of a crash; only this daemon writes here (its lock)
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
   if (fd < 0) return Error::from_errno(fmt::format("creating {}", tmp), errno);
   Fd file(fd);
-  TRY(write_all(fd, format_migration_record(record), tmp));
+  TRY(write_all(fd, encode_slot(1, json) + std::string(kSlotBytes, '\n'), tmp));
   if (::fsync(fd) != 0) return Error::from_errno(fmt::format("fsync {}", tmp), errno);
   file.reset();
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -187,17 +278,8 @@ Result<std::optional<MigrationRecord>> MigrationJournal::load(const std::string&
     return Error::from_errno(fmt::format("opening {}", path), errno);
   }
   Fd file(fd);
-  std::string text;
-  char buf[4096];
-  while (true) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return Error::from_errno(fmt::format("reading {}", path), errno);
-    if (n == 0) break;
-    text.append(buf, static_cast<size_t>(n));
-    if (text.size() > (1 << 20)) return Error::user(fmt::format("{} is too large", path));
-  }
-  MigrationRecord r = TRY_CTX(parse_migration_record(text), path);
+  std::string text = TRY(read_small_file(fd, path));
+  MigrationRecord r = TRY_CTX(parse_journal_file(text), path);
   if (r.id != id) return Error::user(fmt::format("{} holds migration {}", path, r.id));
   return std::optional<MigrationRecord>(std::move(r));
 }

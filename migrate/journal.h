@@ -1,6 +1,7 @@
 // What each daemon remembers of every migration it takes part in, on disk, so that a restart of
 // either daemon (or both) still ends with the VM running exactly once (migrate/protocol.md, rule
-// 5). One small JSON file per migration, replaced atomically and fsynced at every phase change.
+// 5). One small file per migration, durable at every phase change (two slots written in turn,
+// one fdatasync each: see journal.cc).
 #pragma once
 
 #include <cstdint>
@@ -76,8 +77,10 @@ class MigrationJournal {
   std::string dir_;
 };
 
-// Parses one record file's text (exposed for tests and the fuzzer).
+// Parses one record's JSON, and a whole record file (its two slots, see journal.cc); exposed for
+// tests and the fuzzer.
 Result<MigrationRecord> parse_migration_record(const std::string& text);
+Result<MigrationRecord> parse_journal_file(const std::string& text);
 std::string format_migration_record(const MigrationRecord& record);
 
 }  // namespace vmctl::migrate

@@ -1,10 +1,15 @@
 #include "vmprocess/session.h"
 
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <thread>
 
@@ -66,33 +71,47 @@ void print_stats(const vmm::Vm& vm) {
 // Waits for SIGINT/SIGTERM/SIGHUP (blocked in every thread) and stops the VM on the first one.
 class SignalWatcher {
  public:
+  // The signals are blocked in every thread (block_stop_signals); a signalfd takes them here, and
+  // an eventfd ends the watch at once (a VM's process must not linger after its VM ended: a
+  // migrated VM's source process is waited for before the migration counts as done).
   explicit SignalWatcher(vmm::Vm& vm) : vm_(vm) {
-    thread_ = std::thread([this] { run(); });
-  }
-  ~SignalWatcher() {
-    done_ = true;
-    thread_.join();
-  }
-
- private:
-  void run() {
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGHUP);
-    timespec tick{0, 100 * 1000 * 1000};
-    while (!done_) {
-      int sig = sigtimedwait(&set, nullptr, &tick);
-      if (sig > 0) {
-        if (!vm_.ended())
-          std::fprintf(stderr, "\nvmctl: %s received, stopping the VM\n", strsignal(sig));
-        vm_.stop();
+    signals_ = Fd(::signalfd(-1, &set, SFD_CLOEXEC));
+    wake_ = Fd(::eventfd(0, EFD_CLOEXEC));
+    thread_ = std::thread([this] { run(); });
+  }
+  ~SignalWatcher() {
+    uint64_t one = 1;
+    if (::write(wake_.get(), &one, sizeof one) < 0) {
+      // Cannot happen for an eventfd; the thread then ends with the process.
+    }
+    thread_.join();
+  }
+
+ private:
+  void run() {
+    while (true) {
+      pollfd fds[2] = {{signals_.get(), POLLIN, 0}, {wake_.get(), POLLIN, 0}};
+      if (::poll(fds, 2, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
       }
+      if (fds[1].revents) return;
+      signalfd_siginfo info{};
+      if (::read(signals_.get(), &info, sizeof info) != sizeof info) continue;
+      int sig = static_cast<int>(info.ssi_signo);
+      if (!vm_.ended()) {
+        std::fprintf(stderr, "\nvmctl: %s received, stopping the VM\n", strsignal(sig));
+      }
+      vm_.stop();
     }
   }
   vmm::Vm& vm_;
-  std::atomic<bool> done_{false};
+  Fd signals_, wake_;
   std::thread thread_;
 };
 
