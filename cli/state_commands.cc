@@ -118,6 +118,8 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.receive->add_option("--migration-id", o.migration_id, "The migration this VM arrives by")
       ->required();
   c.receive->add_flag("--paused", o.paused, "Stay paused after the switchover");
+  c.receive->add_option("--memory", o.memory_bytes, "The offered guest's RAM in bytes")->required();
+  c.receive->add_option("--cpus", o.vcpus, "The offered guest's vCPUs")->required();
   add_console_log_options(c.receive, o.console_log, o.console_log_max);
   add_guest_memory_limit(c.receive, o.max_guest_memory);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
@@ -128,6 +130,8 @@ int receive_command(const StateOptions& o) {
   vmprocess::ReceiveOptions options;
   options.stream_fd = o.stream_fd;
   options.migration_id = o.migration_id;
+  options.memory_bytes = o.memory_bytes;
+  options.vcpus = o.vcpus;
   options.stay_paused = o.paused;
   options.control = o.control;
   options.console_log = o.console_log;

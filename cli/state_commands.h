@@ -29,9 +29,11 @@ struct StateOptions {
   bool strict_tsc = false;
   std::string console_log;
   std::string console_log_max = vmprocess::kDefaultConsoleLogMax;
-  std::string max_guest_memory;         // restore, receive
-  int stream_fd = -1;                   // receive: the migration stream's descriptor
-  std::string migration_id;             // receive
+  std::string max_guest_memory;  // restore, receive
+  int stream_fd = -1;            // receive: the migration stream's descriptor
+  std::string migration_id;      // receive
+  uint64_t memory_bytes = 0;     // receive: the offered machine
+  unsigned vcpus = 0;
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
   uint32_t dirty_ring_entries = 0;
 };

@@ -167,6 +167,12 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
         fmt::format("{} data streams offered: 1 to 16 are allowed", offer.stream_count()));
   }
   uint64_t memory_limit = limits_.max_guest_memory ? limits_.max_guest_memory : host_memory_bytes();
+  if (offer.memory_bytes() == 0 || offer.memory_bytes() % 4096 != 0 || offer.vcpus() == 0) {
+    return Error::user(
+        fmt::format("the offer describes a guest of {} bytes and {} vCPUs: no such "
+                    "machine",
+                    offer.memory_bytes(), offer.vcpus()));
+  }
   if (memory_limit && offer.memory_bytes() > memory_limit) {
     return Error::user(fmt::format("the guest has {} MiB of RAM; this host takes at most {} MiB",
                                    offer.memory_bytes() >> 20, memory_limit >> 20));
@@ -221,7 +227,8 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
   }
   m->feed = Fd(pair[0]);
   Fd theirs(pair[1]);
-  Launch how{{"receive", "--stream-fd", "3", "--migration-id", m->id},
+  Launch how{{"receive", "--stream-fd", "3", "--migration-id", m->id, "--memory",
+              std::to_string(offer.memory_bytes()), "--cpus", std::to_string(offer.vcpus())},
              fmt::format("receiving migration {} from {}", m->id, m->source)};
   if (m->stay_paused) how.args.push_back("--paused");
   if (!offer.dirty_tracking().empty()) {

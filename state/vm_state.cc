@@ -1142,6 +1142,8 @@ class Restorer {
  public:
   Restorer(const RestoreOptions& options, StreamOrigin origin)
       : options_(options), origin_(origin) {}
+  // A VM made beforehand (a migration's prepared destination): the stream must describe it.
+  void prepare(std::unique_ptr<vmm::Vm> vm) { prepared_ = std::move(vm); }
 
   // `directory` resolves a memory file the stream names by a relative path.
   Status read(RecordReader& reader, const std::string& directory = ".") {
@@ -1162,6 +1164,14 @@ class Restorer {
             reader.name(), info.parent_id));
       }
       TRY(check_guest_fits_host(reader.name(), info.memory_size, info.vcpus, options_.budget));
+      if (prepared_ && (prepared_->memory().ram_size() != info.memory_size ||
+                        prepared_->num_cpus() != info.vcpus)) {
+        return Error::user(fmt::format(
+            "{}: the stream describes a guest of {} MiB and {} vCPUs, but {} MiB and {} vCPUs were "
+            "offered: corrupt or hostile",
+            reader.name(), info.memory_size >> 20, info.vcpus, prepared_->memory().ram_size() >> 20,
+            prepared_->num_cpus()));
+      }
       // The VM is created at the first record after the header, which says whether guest RAM
       // comes from a memory file.
       config_ = vmm::VmConfig{};
@@ -1329,8 +1339,16 @@ class Restorer {
             "--memory-file",
             reader.name()));
       }
+      if (prepared_) {
+        vm_ = std::move(prepared_);
+        return false;
+      }
       vm_ = TRY_CTX(vmm::Vm::create(config_), "creating the VM to restore into");
       return false;
+    }
+    if (prepared_) {
+      return Error::user(
+          fmt::format("{}: a memory file record in a migration stream: refused", reader.name()));
     }
     auto msg = first.message();
     auto record = msg->getRoot<ps::MemoryFile>();
@@ -1365,6 +1383,7 @@ class Restorer {
   vmm::VmConfig config_;
   std::string directory_ = ".";
   std::unique_ptr<vmm::Vm> vm_;
+  std::unique_ptr<vmm::Vm> prepared_;
   StreamInfo info_;
   std::map<int, std::vector<Record>> records_;
   std::map<unsigned, PendingVcpu> vcpus_;
@@ -1388,9 +1407,10 @@ auto catching_malformed(const std::string& name, F&& body) -> decltype(body()) {
 }
 
 Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
-                                            StreamInfo* info) {
+                                            StreamInfo* info, std::unique_ptr<vmm::Vm> prepared) {
   return catching_malformed(reader.name(), [&]() -> Result<std::unique_ptr<vmm::Vm>> {
     Restorer restorer(options, StreamOrigin::kPeer);
+    if (prepared) restorer.prepare(std::move(prepared));
     TRY(restorer.read(reader));
     std::unique_ptr<vmm::Vm> vm = TRY(restorer.finish());
     if (info) *info = restorer.info();

@@ -148,7 +148,8 @@ struct RestoreOptions {
 // naming what is wrong; a partly restored VM is destroyed. The stream must number its records and
 // may not name a memory file, whatever kind its header claims (see state/stream_contents.h).
 Result<std::unique_ptr<vmm::Vm>> restore_vm(RecordReader& reader, const RestoreOptions& options,
-                                            StreamInfo* info = nullptr);
+                                            StreamInfo* info = nullptr,
+                                            std::unique_ptr<vmm::Vm> prepared = nullptr);
 
 // Restores a full snapshot followed by any number of diff snapshots, each the child of the one
 // before it (checked by snapshot id).

@@ -9,6 +9,7 @@
 
 #include "base/fd.h"
 #include "base/size.h"
+#include "state/restore_budget.h"
 #include "state/stream.h"
 #include "state/vm_state.h"
 #include "vmprocess/console.h"
@@ -21,6 +22,19 @@ namespace {
 int fail(const Error& error) {
   std::fprintf(stderr, "vmctl: %s\n", error.message().c_str());
   return error.exit_code();
+}
+
+Result<std::unique_ptr<vmm::Vm>> prepare_vm(const ReceiveOptions& o,
+                                            const state::RestoreOptions& options) {
+  TRY(state::check_guest_fits_host("the offered guest", o.memory_bytes, o.vcpus, options.budget));
+  vmm::VmConfig config;
+  config.memory_size = o.memory_bytes;
+  config.num_cpus = o.vcpus;
+  config.console_output = options.console_output;
+  config.for_restore = true;
+  config.dirty_tracking = options.dirty_tracking;
+  config.dirty_ring_entries = options.dirty_ring_entries;
+  return TRY_CTX(vmm::Vm::create(config), "preparing the VM the migration fills");
 }
 
 }  // namespace
@@ -51,8 +65,16 @@ int receive_migration(const ReceiveOptions& o) {
   options.dirty_tracking = *tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
   options.budget.max_guest_memory = o.max_guest_memory;
+  // The machine is built now, from the offer, while the source sends its first round: the
+  // stream then only fills it (and must describe exactly this machine).
+  Result<std::unique_ptr<vmm::Vm>> prepared = prepare_vm(o, options);
+  if (!prepared.ok()) {
+    verdict("FAILED " + prepared.error().message());
+    return fail(prepared.error());
+  }
   auto start = std::chrono::steady_clock::now();
-  Result<std::unique_ptr<vmm::Vm>> vm = state::restore_vm(reader, options);
+  Result<std::unique_ptr<vmm::Vm>> vm =
+      state::restore_vm(reader, options, nullptr, std::move(prepared).value());
   if (!vm.ok()) {
     verdict("FAILED " + vm.error().message());
     return fail(vm.error());

@@ -14,6 +14,8 @@ namespace vmctl::vmprocess {
 struct ReceiveOptions {
   int stream_fd = -1;  // the record stream in, the verdict out
   std::string migration_id;
+  uint64_t memory_bytes = 0;  // the offered machine: built before the stream arrives
+  unsigned vcpus = 0;
   bool stay_paused = false;  // the VM was paused at the source
   std::string control;
   std::string console_log;

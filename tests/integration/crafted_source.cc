@@ -28,6 +28,7 @@ CraftedOutcome send_crafted(Daemon& to, const CraftedMigration& how, const std::
   o->set_migration_id(id);
   o->set_stream_count(how.streams);
   o->set_memory_bytes(how.memory_bytes);
+  o->set_vcpus(how.vcpus);
   v1::MigrationEvent event;
   if (!control->Write(offer) || !control->Read(&event)) {
     out.refused = control->Finish().error_message();

@@ -14,8 +14,9 @@ namespace vmctl::testing {
 struct CraftedMigration {
   std::string vm = "crafted";
   unsigned streams = 1;
-  uint32_t format_major = 0;  // 0: this build's
-  uint64_t memory_bytes = 0;
+  uint32_t format_major = 0;            // 0: this build's
+  uint64_t memory_bytes = 32ull << 20;  // the golden snapshot's guest
+  unsigned vcpus = 1;
   std::string join_id;  // join the data streams to this id instead
   bool wrong_secret = false;
   bool switchover = true;  // send SWITCHOVER once READY

@@ -188,6 +188,15 @@ TEST_F(CraftedStream, DataStreamWithTheWrongSecretIsRefused) {
   expect_no_copy(vm);
 }
 
+// The stream must describe the machine the offer announced (the destination built that one).
+TEST_F(CraftedStream, StreamOfAnotherMachineThanOfferedIsRefused) {
+  CraftedMigration h = how();
+  h.memory_bytes = 64ull << 20;
+  CraftedOutcome o = send_crafted(B(), h, golden_stream(copy_record));
+  EXPECT_NE(o.failed.find("but 64 MiB and 1 vCPUs were offered"), std::string::npos) << o.failed;
+  expect_no_copy(vm);
+}
+
 TEST_F(CraftedStream, GuestLargerThanTheHostIsRefused) {
   CraftedMigration h = how();
   h.memory_bytes = 1ull << 50;  // 1 PiB
@@ -214,6 +223,8 @@ TEST_F(CraftedStream, IncomingMigrationsAreLimited) {
     offer.mutable_offer()->set_format_major(state::format_major());
     offer.mutable_offer()->set_migration_id(fmt::format("{:032x}", 0xabc000 + i));
     offer.mutable_offer()->set_stream_count(1);
+    offer.mutable_offer()->set_memory_bytes(32 << 20);
+    offer.mutable_offer()->set_vcpus(1);
     v1::MigrationEvent e;
     ASSERT_TRUE(o->stream->Write(offer) && o->stream->Read(&e));
     if (e.kind() == v1::MigrationEvent::FAILED) refusal = e.error();
@@ -237,6 +248,8 @@ TEST_F(CraftedStream, ChunksFarAheadEndTheMigration) {
   offer.mutable_offer()->set_format_major(state::format_major());
   offer.mutable_offer()->set_migration_id("00000000000000000000000000c0ffee");
   offer.mutable_offer()->set_stream_count(2);
+  offer.mutable_offer()->set_memory_bytes(32 << 20);
+  offer.mutable_offer()->set_vcpus(1);
   v1::MigrationEvent event;
   ASSERT_TRUE(control->Write(offer) && control->Read(&event));
   ASSERT_EQ(event.kind(), v1::MigrationEvent::ACCEPTED) << event.error();
