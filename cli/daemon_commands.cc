@@ -396,7 +396,9 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
   c.migrate->add_option("--max-seconds", o.max_seconds, "Time budget for the pre-copy rounds")
       ->capture_default_str();
   c.migrate
-      ->add_option("--streams", o.streams, "Parallel streams, each on its own connection (1 to 16)")
+      ->add_option("--streams", o.streams,
+                   "Data connections to the destination VM process, 1 to 16 (0: half the source's "
+                   "cores, at most 4)")
       ->capture_default_str();
   c.migrate->add_option("--compression", o.migrate_compression, "zstd level for pages (0 = off)")
       ->capture_default_str();

@@ -35,7 +35,8 @@ struct DaemonOptions {
   int compression = 1;
   // migrate
   std::string destination, destination_name;
-  unsigned downtime_ms = 30, max_rounds = 30, max_seconds = 120, streams = 1;
+  unsigned downtime_ms = 30, max_rounds = 30, max_seconds = 120;
+  unsigned streams = 0;  // 0: the source daemon picks (half its cores, 1 to 4)
   int migrate_compression = 0;
   bool auto_converge = false;
   bool recover = false;

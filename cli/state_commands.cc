@@ -120,6 +120,15 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.receive->add_flag("--paused", o.paused, "Stay paused after the switchover");
   c.receive->add_option("--memory", o.memory_bytes, "The offered guest's RAM in bytes")->required();
   c.receive->add_option("--cpus", o.vcpus, "The offered guest's vCPUs")->required();
+  c.receive->add_option("--data-connections", o.data_connections,
+                        "Data connections the source opens (migrate/data_plane.md)");
+  c.receive->add_option("--data-socket", o.data_socket,
+                        "Take the data connections on this unix socket");
+  c.receive->add_option("--data-listen", o.data_listen,
+                        "Take the data connections on this address (TCP, mutual TLS)");
+  c.receive->add_option("--tls-ca", o.tls_ca, "PEM CA of the data connections' certificates");
+  c.receive->add_option("--tls-cert", o.tls_cert, "PEM certificate of this side");
+  c.receive->add_option("--tls-key", o.tls_key, "PEM private key of this side");
   add_console_log_options(c.receive, o.console_log, o.console_log_max);
   add_guest_memory_limit(c.receive, o.max_guest_memory);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
@@ -133,6 +142,10 @@ int receive_command(const StateOptions& o) {
   options.memory_bytes = o.memory_bytes;
   options.vcpus = o.vcpus;
   options.stay_paused = o.paused;
+  options.data_connections = o.data_connections;
+  options.data_socket = o.data_socket;
+  options.data_listen = o.data_listen;
+  options.tls = migrate::TlsConfig{o.tls_ca, o.tls_cert, o.tls_key};
   options.control = o.control;
   options.console_log = o.console_log;
   options.console_log_max = o.console_log_max;

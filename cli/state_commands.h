@@ -29,10 +29,14 @@ struct StateOptions {
   bool strict_tsc = false;
   std::string console_log;
   std::string console_log_max = vmprocess::kDefaultConsoleLogMax;
-  std::string max_guest_memory;  // restore, receive
-  int stream_fd = -1;            // receive: the migration stream's descriptor
-  std::string migration_id;      // receive
-  uint64_t memory_bytes = 0;     // receive: the offered machine
+  std::string max_guest_memory;   // restore, receive
+  int stream_fd = -1;             // receive: the migration stream's descriptor
+  std::string migration_id;       // receive
+  uint64_t memory_bytes = 0;      // receive: the offered machine
+  unsigned data_connections = 1;  // receive: how many the source opens
+  std::string data_socket;        // receive: listen on this unix socket ...
+  std::string data_listen;        // ... or on this host's TCP address with TLS
+  std::string tls_ca, tls_cert, tls_key;
   unsigned vcpus = 0;
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
   uint32_t dirty_ring_entries = 0;

@@ -1,5 +1,6 @@
 #include "daemon/incoming_migration.h"
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -31,14 +32,6 @@ std::string random_secret() {
   std::string s;
   for (int i = 0; i < 4; ++i) s += fmt::format("{:016x}", (uint64_t{rd()} << 32) ^ rd());
   return s;
-}
-
-// Compares secrets in time independent of where they differ.
-bool same_secret(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
 }
 
 uint64_t host_memory_bytes() {
@@ -76,7 +69,34 @@ Status write_all(int fd, const std::string& bytes) {
   return ok_status();
 }
 
+// One line from the receiving VM process, within `timeout`.
+Result<std::string> read_feed_line(int fd, std::chrono::milliseconds timeout) {
+  Clock::time_point deadline = Clock::now() + timeout;
+  std::string line;
+  while (line.size() < 4096) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) == 0) {
+      return Error::failure("the receiving VM process did not answer in time");
+    }
+    char c;
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return Error::user("the receiving VM process ended before it listened");
+    if (c == '\n') return line;
+    line += c;
+  }
+  return Error::user("the receiving VM process said a line too long");
+}
+
 }  // namespace
+
+std::string IncomingMigrations::data_socket_path(const std::string& id) const {
+  // sun_path holds 107 bytes: a deep state directory falls back to /tmp (mode 0600 either way).
+  std::string path = limits_.data.socket_dir + "/data-" + id.substr(0, 16) + ".sock";
+  if (path.size() >= 100) path = "/tmp/vmctl-data-" + id + ".sock";
+  return path;
+}
 
 struct IncomingMigrations::Migration {
   std::string id, vm, source, secret;
@@ -98,11 +118,8 @@ struct IncomingMigrations::Migration {
   bool process_gone = false;
   bool cleaned_up = false;
   double restore_ms = 0;
-  std::vector<bool> joined;
-  unsigned streams_done = 0;
-  std::vector<grpc::ServerContext*> data_contexts;
-  Fd feed;  // our end of the socketpair: records in, the verdict out
-  std::unique_ptr<Reassembly> reassembly;
+  std::string data_endpoint;  // what the VM process listens on ("tcp PORT", "unix PATH")
+  Fd feed;  // our end of the socketpair: the secret in, LISTENING and the verdict out
   std::thread verdict_reader, deadline_watch;
 };
 
@@ -195,7 +212,6 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
   m->secret = random_secret();
   m->stream_count = offer.stream_count();
   m->stay_paused = offer.paused();
-  m->joined.assign(m->stream_count, false);
   m->control_context = context;
   m->control_stream = stream;
   {
@@ -228,8 +244,19 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
   m->feed = Fd(pair[0]);
   Fd theirs(pair[1]);
   Launch how{{"receive", "--stream-fd", "3", "--migration-id", m->id, "--memory",
-              std::to_string(offer.memory_bytes()), "--cpus", std::to_string(offer.vcpus())},
+              std::to_string(offer.memory_bytes()), "--cpus", std::to_string(offer.vcpus()),
+              "--data-connections", std::to_string(m->stream_count)},
              fmt::format("receiving migration {} from {}", m->id, m->source)};
+  // The data comes the way the offer came: over this host's unix socket from a local source,
+  // over TCP with the daemon's TLS identity from another host.
+  bool local = context->peer().rfind("unix:", 0) == 0 || limits_.data.listen_host.empty();
+  if (local) {
+    how.args.insert(how.args.end(), {"--data-socket", data_socket_path(m->id)});
+  } else {
+    how.args.insert(how.args.end(),
+                    {"--data-listen", limits_.data.listen_host, "--tls-ca", limits_.data.tls.ca,
+                     "--tls-cert", limits_.data.tls.cert, "--tls-key", limits_.data.tls.key});
+  }
   if (m->stay_paused) how.args.push_back("--paused");
   if (!offer.dirty_tracking().empty()) {
     how.args.insert(how.args.end(), {"--dirty-tracking", offer.dirty_tracking()});
@@ -250,10 +277,25 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
     return started.error();
   }
   m->pid = started->pid();
-  int feed = m->feed.get();
-  m->reassembly = std::make_unique<Reassembly>(
-      [feed](const std::string& bytes) { return write_all(feed, bytes); },
-      limits_.max_reassembly_bytes, limits_.max_chunk_bytes);
+  // The secret goes to the VM process on the socketpair, never on its command line (ps shows
+  // that); it answers with the endpoint it listens on.
+  Result<std::string> listening = [&]() -> Result<std::string> {
+    TRY(write_all(m->feed.get(), "SECRET " + m->secret + "\n"));
+    std::string line = TRY(read_feed_line(m->feed.get(), std::chrono::seconds(30)));
+    if (line.rfind("LISTENING ", 0) != 0) {
+      return Error::user(line.rfind("FAILED ", 0) == 0
+                             ? printable(line.substr(7), 1000)
+                             : "the receiving VM process did not say where it listens");
+    }
+    return line.substr(10);
+  }();
+  if (!listening.ok()) {
+    discard(*m, listening.error().message());
+    clean_up(*m);
+    unregister();
+    return listening.error();
+  }
+  m->data_endpoint = *listening;
   m->verdict_reader = std::thread([this, m] { read_verdict(m); });
   m->deadline_watch = std::thread([this, m] { watch_deadlines(m); });
   spdlog::info("VM {}: receiving migration {} from {} over {} stream{}", m->vm, m->id, m->source,
@@ -333,13 +375,9 @@ bool IncomingMigrations::discard(Migration& m, const std::string& why) {
   m.cv.notify_all();
   spdlog::warn("VM {}: incoming migration {} discarded: {}", m.vm, m.id, why);
   // Nothing more goes to the VM process, and the sources learn it at once.
-  if (m.reassembly) m.reassembly->close();
   if (m.feed.valid()) ::shutdown(m.feed.get(), SHUT_WR);
   send(m, event(v1::MigrationEvent::FAILED, why));
-  {
-    std::lock_guard lock(m.mu);
-    for (grpc::ServerContext* c : m.data_contexts) c->TryCancel();
-  }
+  { std::lock_guard lock(m.mu); }
   if (m.control_context) m.control_context->TryCancel();
   return true;
 }
@@ -480,6 +518,7 @@ grpc::Status IncomingMigrations::control(grpc::ServerContext* context, ControlSt
   {
     v1::MigrationEvent ok = event(v1::MigrationEvent::ACCEPTED);
     ok.set_secret(m->secret);
+    ok.set_data_endpoint(m->data_endpoint);
     Result<nlohmann::json> report = cached_host_report();
     if (report.ok()) {
       ok.set_host_report_json(
@@ -522,94 +561,16 @@ void IncomingMigrations::finish(std::shared_ptr<Migration> m) {
   migrations_.erase(m->id);
 }
 
+// Format 1.3 moved the data off gRPC: the source VM process connects to the receiving VM
+// process itself (migrate/data_plane.md). A source that still sends here is older than this.
 grpc::Status IncomingMigrations::receive(
-    grpc::ServerContext* context,
+    grpc::ServerContext*,
     grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream) {
-  auto refuse = [&](grpc::StatusCode code, const std::string& why) {
-    stream->Write(event(v1::MigrationEvent::FAILED, why));
-    return grpc::Status(code, why);
-  };
-  v1::MigrationChunk chunk;
-  if (!stream->Read(&chunk)) return grpc::Status::OK;
-  if (chunk.has_offer()) {
-    return refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                  "offers go to MigrationReceiver.Control: upgrade the source vmctld");
-  }
-  if (!chunk.has_join()) {
-    return refuse(grpc::StatusCode::INVALID_ARGUMENT, "a data stream must start with a join");
-  }
-  const v1::MigrationJoin& join = chunk.join();
-  std::shared_ptr<Migration> m = find(join.migration_id());
-  if (!m || !same_secret(join.secret(), m->secret)) {
-    // The same answer for both: a stream without the secret learns nothing.
-    spdlog::warn("refused a data stream for migration {}: unknown migration or wrong secret",
-                 printable(join.migration_id(), 64));
-    return refuse(grpc::StatusCode::PERMISSION_DENIED,
-                  "no such migration here, or the wrong secret");
-  }
-  unsigned index = join.stream_index();
-  {
-    std::lock_guard lock(m->mu);
-    if (join.stream_count() != m->stream_count || index >= m->stream_count) {
-      return refuse(grpc::StatusCode::INVALID_ARGUMENT,
-                    fmt::format("data stream {} of {}: the offer said {} streams", index,
-                                join.stream_count(), m->stream_count));
-    }
-    if (m->joined[index]) {
-      return refuse(grpc::StatusCode::ALREADY_EXISTS,
-                    fmt::format("data stream {} joined already", index));
-    }
-    if (m->phase != MigrationPhase::kAccepted) {
-      return refuse(grpc::StatusCode::FAILED_PRECONDITION, "the migration takes no data now");
-    }
-    m->joined[index] = true;
-    m->data_contexts.push_back(context);
-  }
-  stream->Write(event(v1::MigrationEvent::ACCEPTED));
-  std::string failure;
-  while (stream->Read(&chunk)) {
-    if (!chunk.has_records() && chunk.kind_case() != v1::MigrationChunk::KIND_NOT_SET) continue;
-    Status pushed = m->reassembly->push(chunk.sequence(), std::move(*chunk.mutable_records()));
-    if (!pushed.ok()) {
-      failure = fmt::format("data stream {}: {}", index + 1, pushed.error().message());
-      if (pushed.error().kind() == ErrorKind::kFailure) {
-        // The VM process stopped reading: its verdict (read_verdict) names the real cause.
-        std::unique_lock lock(m->mu);
-        m->cv.wait_for(lock, std::chrono::seconds(2), [&] { return migrate::is_final(m->phase); });
-      }
-      break;
-    }
-  }
-  bool last = false;
-  {
-    std::lock_guard lock(m->mu);
-    auto& contexts = m->data_contexts;
-    contexts.erase(std::remove(contexts.begin(), contexts.end(), context), contexts.end());
-    if (failure.empty() && !context->IsCancelled()) last = ++m->streams_done == m->stream_count;
-  }
-  if (failure.empty() && context->IsCancelled()) {
-    failure = fmt::format("data stream {} broke", index + 1);
-  }
-  if (failure.empty() && last) {
-    Status complete = m->reassembly->finish();
-    if (!complete.ok()) {
-      failure = complete.error().message();
-    } else {
-      // All of it is there: the VM process sees the end of the stream (a stream that ends before
-      // its trailer is its to call truncated).
-      ::shutdown(m->feed.get(), SHUT_WR);
-    }
-  }
-  if (!failure.empty()) {
-    std::lock_guard lock(m->mu);
-    bool before_ready = m->phase == MigrationPhase::kAccepted;
-    if (!before_ready) failure.clear();  // everything arrived already; this is only the tail
-  }
-  if (!failure.empty()) {
-    discard(*m, failure);
-    return grpc::Status(grpc::StatusCode::ABORTED, failure);
-  }
-  return grpc::Status::OK;
+  std::string why =
+      "this host takes migration data on direct connections to its VM process (state format "
+      "1.3 on), not through vmctld: upgrade the source";
+  stream->Write(event(v1::MigrationEvent::FAILED, why));
+  return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, why);
 }
 
 grpc::Status IncomingMigrations::resolve(const v1::ResolveRequest& request,

@@ -1,7 +1,7 @@
 // The destination daemon's side of live migration (migrate/protocol.md): it accepts offers,
-// starts the receiving VM process, feeds it the data streams, and DECIDES each migration's
-// outcome: COMMITTED (then RESUMED) on SWITCHOVER, DISCARDED on anything else before it. Every
-// decision is in the journal before it takes effect.
+// starts the receiving VM process (which takes the data connections itself), and DECIDES each
+// migration's outcome: COMMITTED (then RESUMED) on SWITCHOVER, DISCARDED on anything else before
+// it. Every decision is in the journal before it takes effect.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -17,20 +17,26 @@
 
 #include "base/error.h"
 #include "base/fd.h"
-#include "daemon/reassembly.h"
 #include "daemon/vm_manager.h"
+#include "migrate/channel.h"
 #include "migrate/journal.h"
 #include "proto/vmctl.grpc.pb.h"
 
 namespace vmctl::daemon {
 
+// Where the receiving VM processes take their data connections (migrate/data_plane.md).
+struct IncomingDataPlane {
+  std::string listen_host;  // from --listen: TCP with the daemon's TLS identity; empty: none
+  migrate::TlsConfig tls;
+  std::string socket_dir;  // unix sockets for local sources
+};
+
 struct IncomingLimits {
-  unsigned max_concurrent = 4;                  // incoming migrations at once
-  uint64_t max_reassembly_bytes = 64ull << 20;  // out-of-order chunks held per migration
-  uint64_t max_chunk_bytes = 4ull << 20;
+  unsigned max_concurrent = 4;                   // incoming migrations at once
   uint64_t max_guest_memory = 0;                 // 0: what the host has (MemTotal)
   std::chrono::seconds receive_timeout{900};     // ACCEPTED to READY
   std::chrono::seconds switchover_timeout{120};  // READY to SWITCHOVER
+  IncomingDataPlane data;
 };
 
 class IncomingMigrations {
@@ -66,6 +72,7 @@ class IncomingMigrations {
   void clean_up(Migration& m);
   void send(Migration& m, const v1::MigrationEvent& event);
   Status save(Migration& m);  // with m.mu held
+  std::string data_socket_path(const std::string& id) const;
   std::shared_ptr<Migration> find(const std::string& id);
   void finish(std::shared_ptr<Migration> m);
 

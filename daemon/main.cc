@@ -131,6 +131,17 @@ int main(int argc, char** argv) {
   }
   daemon::IncomingLimits incoming_limits;
   incoming_limits.max_guest_memory = manager_options.max_guest_memory;
+  if (!listen.empty()) {
+    // The receiving VM processes listen on the daemon's address (another port each).
+    size_t colon = listen.rfind(':');
+    std::string host = colon == std::string::npos ? listen : listen.substr(0, colon);
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    incoming_limits.data.listen_host = host;
+  }
+  incoming_limits.data.tls = migrate::TlsConfig{tls.ca, tls.cert, tls.key};
+  incoming_limits.data.socket_dir = manager_options.state_dir + "/migrations";
   daemon::IncomingMigrations incoming(**manager, *journal, incoming_limits);
   daemon::OutgoingMigrations outgoing(**manager, *journal,
                                       migrate::TlsConfig{tls.ca, tls.cert, tls.key});

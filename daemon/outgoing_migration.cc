@@ -1,10 +1,15 @@
 #include "daemon/outgoing_migration.h"
+#include "migrate/data_connection.h"
 
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <optional>
+#include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -111,14 +116,24 @@ class OutgoingMigrations::Run {
     Result<bool> sent = send();
     if (!sent.ok()) return finish_failed(sent.error(), false);
     if (!*sent) {
-      // The VM process saw its streams end; the destination usually said why on the control
-      // stream, which makes the better message.
-      if (!cancelled_by_process_) {
-        std::optional<ControlEvent> e = channel_->wait(1000ms);
-        // ... unless the destination only saw the source give up (its streams broke).
+      // When the VM process's data connections broke, the destination usually said why on the
+      // control stream, which makes the better message. When the source failed for a reason of
+      // its own (no convergence, a stalled peer, a cancel), that reason stands.
+      bool own_reason = failure_.find("data connection") == std::string::npos ||
+                        failure_.find("stalled") != std::string::npos;
+      if (early_event_) {
+        // The control stream ended first (the watcher in send() cancelled the VM process).
+        own_reason = false;
+        cancelled_by_process_ = false;
+      }
+      if (!cancelled_by_process_ && !own_reason) {
+        std::optional<ControlEvent> e = early_event_ ? early_event_ : channel_->wait(1000ms);
+        // ... unless the destination only saw the source give up (its connections broke).
         bool echo = e && e->error.find("broke") != std::string::npos;
         if (e && e->kind == ControlEvent::Kind::kFailed && !echo) {
           failure_ = fmt::format("the destination {} failed: {}", r_.destination(), e->error);
+        } else if (e && e->kind == ControlEvent::Kind::kClosed) {
+          failure_ = fmt::format("lost the destination {}: {}", r_.destination(), e->error);
         }
       }
       return finish_failed(Error::failure(failure_), false);
@@ -169,7 +184,7 @@ class OutgoingMigrations::Run {
                                                      : state::format_major());
     offer.set_format_minor(state::format_minor());
     offer.set_migration_id(job_->id);
-    offer.set_stream_count(r_.streams() ? r_.streams() : 1);
+    offer.set_stream_count(data_connections());
     offer.set_dirty_tracking(r_.dirty_tracking().empty() ? vm_.config().dirty_tracking()
                                                          : r_.dirty_tracking());
     offer.set_dirty_ring_entries(vm_.config().dirty_ring_entries());
@@ -180,6 +195,7 @@ class OutgoingMigrations::Run {
     channel_ = TRY(migrate::ControlChannel::open(
         r_.destination(), o_.tls_, offer, std::chrono::milliseconds(kAcceptTimeout), &accepted));
     secret_ = accepted.secret;
+    data_endpoint_ = TRY(migrate::data_endpoint_for(r_.destination(), accepted.data_endpoint));
     // Can the guest run there at all? (Before a single page is sent.)
     nlohmann::json features = TRY(o_.vms_.control(r_.name(), {{"op", "guest_cpu_features"}}));
     std::vector<std::string> guest;
@@ -193,6 +209,13 @@ class OutgoingMigrations::Run {
     return ok_status();
   }
 
+  // Several data connections where the host has the cores to drive them (each one's pages are
+  // read, and encrypted, on a thread of its own), leaving half of them to the guest.
+  unsigned data_connections() const {
+    if (r_.streams()) return r_.streams();
+    return std::clamp(std::thread::hardware_concurrency() / 2, 1u, 4u);
+  }
+
   // The VM process's rounds. True once it reported "sent"; false with failure_ set when it
   // reported failing (it resumed the VM itself).
   Result<bool> send() {
@@ -200,8 +223,8 @@ class OutgoingMigrations::Run {
         {"op", "migrate"},
         {"migration_id", job_->id},
         {"secret", secret_},
-        {"destination", r_.destination()},
-        {"streams", r_.streams() ? r_.streams() : 1},
+        {"destination", data_endpoint_},
+        {"streams", data_connections()},
         {"downtime_ms", r_.downtime_ms() ? r_.downtime_ms() : 30},
         {"max_rounds", r_.max_rounds() ? r_.max_rounds() : 30},
         {"max_seconds", r_.max_seconds() ? r_.max_seconds() : 120},
@@ -217,6 +240,24 @@ class OutgoingMigrations::Run {
     // every stall timeout while data moves: silence for much longer means it is wedged.
     auto silence = std::chrono::milliseconds(
         (r_.stall_timeout_seconds() ? r_.stall_timeout_seconds() : 15) * 1000 + 60000);
+    // Before "sent" the destination can only fail or go away (its control stream breaks: gRPC
+    // keepalive sees a dead link within seconds). Either ends the migration now (protocol.md,
+    // rule 2) rather than when the VM process's data connections time out.
+    std::jthread watcher([this](std::stop_token stop) {
+      while (!stop.stop_requested()) {
+        std::optional<ControlEvent> e = channel_->wait(100ms);
+        if (!e) continue;
+        early_event_ = std::move(e);
+        // READY may overtake the VM process's "sent": wait_ready() takes it.
+        if (early_event_->kind == ControlEvent::Kind::kReady) return;
+        spdlog::warn(
+            "migration {}: the destination's control stream ended while sending ({}): "
+            "cancelling",
+            job_->id, early_event_->error);
+        (void)o_.vms_.control(r_.name(), {{"op", "cancel_migration"}});
+        return;
+      }
+    });
     while (true) {
       Result<nlohmann::json> line = progress.next(silence);
       if (!line.ok()) {
@@ -259,7 +300,8 @@ class OutgoingMigrations::Run {
     Clock::time_point deadline = Clock::now() + kReadyTimeout;
     while (true) {
       if (cancelled()) return Error::user("cancelled");
-      std::optional<ControlEvent> e = channel_->wait(100ms);
+      std::optional<ControlEvent> e =
+          early_event_ ? std::exchange(early_event_, std::nullopt) : channel_->wait(100ms);
       if (e && e->kind == ControlEvent::Kind::kReady) {
         ready_at_ = Clock::now();
         return ok_status();
@@ -431,9 +473,12 @@ class OutgoingMigrations::Run {
   v1::VmState before_;
   migrate::MigrationRecord record_;
   std::unique_ptr<migrate::ControlChannel> channel_;
-  std::string secret_, failure_;
+  std::string secret_, data_endpoint_, failure_;
   bool cancelled_by_process_ = false;
   bool source_process_gone_ = false;
+  // What the control stream said while the VM process was still sending (set by send()'s
+  // watcher thread, read after it was joined).
+  std::optional<ControlEvent> early_event_;
   int64_t paused_at_ns_ = 0, last_page_at_ns_ = 0, state_at_ns_ = 0;
   Clock::time_point start_ = Clock::now(), ready_at_;
   v1::MigrationProgress last_;

@@ -434,13 +434,16 @@ void VmManager::forget(const std::string& name, pid_t pid) {
   if (!e || (pid != 0 && e->pid != 0 && e->pid != pid)) return;
   if (e->pid > 0) ::kill(e->pid, SIGKILL);
   std::thread watcher = std::move(e->watcher);
-  vms_.erase(name);
   lock.unlock();
   if (watcher.joinable()) watcher.join();
+  // The name stays taken until its folder is gone: a VM of the same name accepted meanwhile
+  // would otherwise lose its fresh folder (and control socket) to this clean-up.
   for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
     ::unlink((vm_dir(name) + f).c_str());
   }
   ::rmdir(vm_dir(name).c_str());
+  lock.lock();
+  if (find_shared(name) == e) vms_.erase(name);
   spdlog::info("VM {}: forgotten (its incoming migration was discarded)", name);
 }
 

@@ -53,6 +53,7 @@ void ControlChannel::read_events() {
         e.kind = ControlEvent::Kind::kAccepted;
         e.secret = event.secret();
         e.host_report_json = event.host_report_json();
+        e.data_endpoint = event.data_endpoint();
         break;
       case v1::MigrationEvent::RESTORED:
         e.kind = ControlEvent::Kind::kReady;

@@ -35,6 +35,7 @@ struct ControlEvent {
   bool after_switchover = false;
   std::string secret;
   std::string host_report_json;
+  std::string data_endpoint;  // ACCEPTED: "tcp PORT" or "unix PATH" (data_plane.md)
 };
 
 class ControlChannel {

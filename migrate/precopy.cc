@@ -190,12 +190,13 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   state::PageStats total;
   Clock::time_point round_start = Clock::now();
   emit("precopy");
-  Result<state::PageStats> sent = state::write_pages(vm, writer, nullptr);
+  Result<state::PageStats> sent = target.send_pages(vm, writer, nullptr);
   if (!sent.ok()) return roll_back(std::move(sent).error(), "failed");
   total.pages += sent->pages;
   double round_seconds = std::max(1e-6, ms_between(round_start, Clock::now()) / 1000.0);
-  double bandwidth = static_cast<double>(counted.bytes()) / round_seconds;  // bytes/s
-  progress.bytes_sent = counted.bytes();
+  double bandwidth =
+      static_cast<double>(counted.bytes() + target.side_bytes()) / round_seconds;  // bytes/s
+  progress.bytes_sent = counted.bytes() + target.side_bytes();
   progress.pages_sent = total.pages;
   progress.bandwidth_mib_s = bandwidth / kMiB;
 
@@ -231,15 +232,16 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
     }
     ++progress.round;
     round_start = Clock::now();
-    uint64_t before = counted.bytes();
-    sent = state::write_pages(vm, writer, &pending);
+    uint64_t before = counted.bytes() + target.side_bytes();
+    sent = target.send_pages(vm, writer, &pending);
     if (!sent.ok()) return roll_back(std::move(sent).error(), "failed");
     total.pages += sent->pages;
     round_seconds = std::max(1e-6, ms_between(round_start, Clock::now()) / 1000.0);
     // A small round says little about the link: keep the larger of the recent estimates.
-    double measured = static_cast<double>(counted.bytes() - before) / round_seconds;
+    double measured =
+        static_cast<double>(counted.bytes() + target.side_bytes() - before) / round_seconds;
     bandwidth = std::max(measured, bandwidth * 0.5);
-    progress.bytes_sent = counted.bytes();
+    progress.bytes_sent = counted.bytes() + target.side_bytes();
     progress.pages_sent = total.pages;
     progress.bandwidth_mib_s = bandwidth / kMiB;
   }
@@ -253,9 +255,11 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   Result<state::DirtyBitmaps> last = log.fetch();
   if (!last.ok()) return roll_back(std::move(last).error(), "failed");
   merge(pending, *last);
-  sent = state::write_pages(vm, writer, &pending);
+  sent = target.send_pages(vm, writer, &pending);
   if (!sent.ok()) return roll_back(std::move(sent).error(), "failed");
   total.pages += sent->pages;
+  Status ended = target.end_pages();
+  if (!ended.ok()) return roll_back(std::move(ended).error(), "failed");
   Status flushed = target.flush();
   if (!flushed.ok()) return roll_back(std::move(flushed).error(), "failed");
   const Clock::time_point last_page_at = Clock::now();
@@ -267,7 +271,7 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   if (cancel) return roll_back(Error::user("cancelled"), "cancelled");
   // Everything is sent; the VM stays paused. From here the switchover decides (protocol.md).
   log.stop();
-  progress.bytes_sent = counted.bytes();
+  progress.bytes_sent = counted.bytes() + target.side_bytes();
   progress.pages_sent = total.pages;
   progress.remaining_bytes = 0;
   progress.downtime.pause_to_last_page_ms = ms_between(paused_at, last_page_at);

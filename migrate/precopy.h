@@ -18,6 +18,7 @@
 
 #include "base/error.h"
 #include "state/stream.h"
+#include "state/vm_state.h"
 #include "vmm/vm.h"
 
 namespace vmctl::migrate {
@@ -66,6 +67,16 @@ class MigrationTarget {
   virtual state::ByteSink& sink() = 0;
   virtual Status flush() = 0;
   virtual void abort(const std::string& why) = 0;
+  // One round's pages (all non-zero pages without `dirty`). By default memory records on the
+  // record stream; a target with several data connections spreads page runs over them.
+  virtual Result<state::PageStats> send_pages(vmm::Vm& vm, state::RecordWriter& writer,
+                                              const state::DirtyBitmaps* dirty) {
+    return state::write_pages(vm, writer, dirty);
+  }
+  // After the last round's pages, before the machine state: ends the page-only connections.
+  virtual Status end_pages() { return ok_status(); }
+  // Bytes sent other than through sink() (the page-only connections), for the bandwidth.
+  virtual uint64_t side_bytes() const { return 0; }
 };
 
 // Migrates `vm` (running or paused) up to the end of the stop-and-copy. On success (phase

@@ -29,12 +29,16 @@
 #   1.2  frames carry a record sequence number (1, 2, 3, ... in the formerly reserved field at
 #        offset 12; older readers ignore it), so a dropped or duplicated record is detected;
 #        migration streams must be numbered. Compressed records stay within a per-type ratio.
+#   1.3  pageRuns record: guest pages with a small binary run table instead of a Cap'n Proto
+#        message, so they go from guest memory to the wire and from the wire into guest memory
+#        without a copy; on a connection that authenticates what it carries (TLS), its frame may
+#        leave the page data to the connection (the PAYLOAD_BY_TRANSPORT frame flag).
 
 using Cxx = import "/capnp/c++.capnp";
 $Cxx.namespace("vmctl::proto::state");
 
 const formatMajor :UInt16 = 1;
-const formatMinor :UInt16 = 2;
+const formatMinor :UInt16 = 3;
 
 # The 16-bit record type in each frame header.
 enum RecordType {
@@ -49,6 +53,7 @@ enum RecordType {
   memoryPages @8;
   dirtyLog @9;
   memoryFile @10;   # 1.1; written REQUIRED
+  pageRuns @11;     # 1.3; written REQUIRED; a raw payload, not Cap'n Proto (state/page_runs.h)
 }
 
 # ------------------------------------------------------------------ header and trailer

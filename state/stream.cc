@@ -99,6 +99,8 @@ const char* record_type_name(RecordType type) {
       return "dirty-log";
     case RecordType::MEMORY_FILE:
       return "memory-file";
+    case RecordType::PAGE_RUNS:
+      return "page-runs";
   }
   return "unknown";
 }
@@ -260,6 +262,21 @@ Status RecordWriter::write(RecordType type, capnp::MessageBuilder& message, bool
   TRY(sink_.write(stored, stored_size));
   ++records_;
   bytes_ += sizeof(header) + stored_size;
+  return ok_status();
+}
+
+Status ByteSink::writev(const struct iovec* iov, int count) {
+  for (int i = 0; i < count; ++i) TRY(write(iov[i].iov_base, iov[i].iov_len));
+  return ok_status();
+}
+
+Status RecordWriter::write_frame(
+    const std::function<Result<uint64_t>(ByteSink&, uint32_t sequence)>& emit) {
+  std::lock_guard lock(mu_);
+  uint32_t sequence = TRY(next_sequence());
+  uint64_t size = TRY(emit(sink_, sequence));
+  ++records_;
+  bytes_ += size;
   return ok_status();
 }
 
@@ -459,6 +476,41 @@ Result<std::optional<Record>> RecordReader::next() {
   if (!(header.flags & kFrameZstd) && header.stored_size != header.raw_size) {
     return corrupt("stored and raw sizes differ on an uncompressed record: corrupt");
   }
+  if (streamed_) {
+    return Error::failure(
+        fmt::format("{}: record {} read before the one before it was read to "
+                    "its end (a bug)",
+                    name_, index_));
+  }
+  if ((header.flags & kFramePayloadByTransport) &&
+      (!authenticated_transport_ || header.type != static_cast<uint16_t>(RecordType::PAGE_RUNS))) {
+    return corrupt(authenticated_transport_
+                       ? "only page-runs records may leave their payload to the connection"
+                       : "the record leaves its payload's integrity to the connection, but this "
+                         "stream does not come over an authenticated one: refused");
+  }
+  if (header.type == static_cast<uint16_t>(RecordType::PAGE_RUNS)) {
+    // Streamed: the caller reads the payload where it belongs (state/page_runs.h).
+    if (header.flags & kFrameZstd) return corrupt("a page-runs record cannot be compressed");
+    TRY(check_sequence(header));
+    Streamed s;
+    s.header = header;
+    s.remaining = header.stored_size;
+    s.hashed = !(header.flags & kFramePayloadByTransport);
+    s.hash.reset(XXH3_createState());
+    XXH3_64bits_reset(s.hash.get());
+    XXH3_64bits_update(s.hash.get(), &header, offsetof(FrameHeader, checksum));
+    Record record;
+    record.type = RecordType::PAGE_RUNS;
+    record.major = header.major;
+    record.minor = header.minor;
+    record.offset = offset_;
+    record.sequence = header.sequence;
+    record.stored_size = header.stored_size;
+    record.streamed = true;
+    streamed_ = std::move(s);
+    return std::optional<Record>(std::move(record));
+  }
 
   Record record;
   record.type = static_cast<RecordType>(header.type);
@@ -504,6 +556,48 @@ Result<std::optional<Record>> RecordReader::next() {
   offset_ += sizeof(header) + header.stored_size;
   ++index_;
   return std::optional<Record>(std::move(record));
+}
+
+void RecordReader::Streamed::FreeHash::operator()(XXH3_state_t* state) const {
+  XXH3_freeState(state);
+}
+
+Status RecordReader::read_payload(void* data, size_t len) {
+  if (!streamed_)
+    return Error::failure(fmt::format("{}: no streamed record to read (a bug)", name_));
+  if (len > streamed_->remaining) {
+    return corrupt(fmt::format("the {} record's parts need more than its {} bytes: corrupt",
+                               record_type_name(static_cast<RecordType>(streamed_->header.type)),
+                               streamed_->header.stored_size));
+  }
+  size_t got = TRY(source_.read(data, len));
+  if (got < len) {
+    return corrupt(fmt::format("truncated: the {} record needs {} bytes but the stream ends early",
+                               record_type_name(static_cast<RecordType>(streamed_->header.type)),
+                               streamed_->header.stored_size));
+  }
+  if (streamed_->hashed) XXH3_64bits_update(streamed_->hash.get(), data, len);
+  streamed_->remaining -= len;
+  return ok_status();
+}
+
+Status RecordReader::end_payload() {
+  if (!streamed_)
+    return Error::failure(fmt::format("{}: no streamed record to end (a bug)", name_));
+  Streamed s = std::move(*streamed_);
+  streamed_.reset();
+  if (s.remaining != 0) {
+    return corrupt(fmt::format("{} bytes of the record were not read: corrupt", s.remaining));
+  }
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+  if (XXH3_64bits_digest(s.hash.get()) != s.header.checksum) {
+    return corrupt(fmt::format("checksum mismatch in the {} record: the data is corrupt",
+                               record_type_name(static_cast<RecordType>(s.header.type))));
+  }
+#endif
+  offset_ += sizeof(FrameHeader) + s.header.stored_size;
+  ++index_;
+  return ok_status();
 }
 
 }  // namespace vmctl::state

@@ -8,7 +8,8 @@
 //        4    2 record type (proto::state::RecordType)
 //        6    1 schema major of this record
 //        7    1 schema minor of this record
-//        8    4 flags (bit 0: payload is zstd-compressed, bit 1: required)
+//        8    4 flags (bit 0: payload is zstd-compressed, bit 1: required, bit 2: payload
+//                 authenticated by the connection, not by this checksum: page_runs.h)
 //       12    4 record sequence number: 1, 2, 3, ... in stream order (format 1.2 on; 0 in the
 //              frames of older writers, which left this field reserved)
 //       16    8 stored payload size (bytes in the stream)
@@ -25,7 +26,10 @@
 // each record's own checksum cannot tell).
 #pragma once
 
+#include <sys/uio.h>
+
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -40,6 +44,8 @@
 #include "base/fd.h"
 #include "proto/state.capnp.h"
 
+struct XXH3_state_s;  // <xxhash.h>
+
 namespace vmctl::state {
 
 using RecordType = proto::state::RecordType;
@@ -49,7 +55,11 @@ inline constexpr size_t kFrameHeaderSize = 40;
 inline constexpr uint32_t kFrameZstd = 1u << 0;
 // A reader that does not know this record's type must refuse the stream (see state.capnp).
 inline constexpr uint32_t kFrameRequired = 1u << 1;
-inline constexpr uint32_t kKnownFrameFlags = kFrameZstd | kFrameRequired;
+// The checksum covers the frame header only: the payload's integrity is the connection's, which
+// authenticates every byte it carries (TLS). Only pageRuns frames use it (state/page_runs.h), and
+// only a reader told its source is such a connection accepts it.
+inline constexpr uint32_t kFramePayloadByTransport = 1u << 2;
+inline constexpr uint32_t kKnownFrameFlags = kFrameZstd | kFrameRequired | kFramePayloadByTransport;
 // No record is larger than this (memory records carry at most a few MiB); a frame claiming more is
 // corrupt, and refusing it bounds what a reader allocates for untrusted input.
 inline constexpr uint64_t kMaxRecordSize = 256ull << 20;
@@ -80,6 +90,8 @@ class ByteSink {
  public:
   virtual ~ByteSink() = default;
   virtual Status write(const void* data, size_t len) = 0;
+  // Gathers pieces (a socket sends them in one system call); by default, one write each.
+  virtual Status writev(const struct iovec* iov, int count);
 };
 
 // Where a stream comes from. read() fills `len` bytes unless the stream ends first; it returns how
@@ -178,6 +190,9 @@ class RecordWriter {
   // follow this writer's records (their checksums are recomputed in place). `frames` must be
   // exactly `records` whole frames.
   Status append_encoded(std::vector<uint8_t>& frames, uint64_t records);
+  // Appends one record the caller frames itself (page runs, state/page_runs.h): `emit` gets the
+  // record's sequence number and the sink, writes the whole frame, and returns its size.
+  Status write_frame(const std::function<Result<uint64_t>(ByteSink&, uint32_t sequence)>& emit);
   uint64_t records() const { return records_; }
   uint64_t bytes() const { return bytes_; }
 
@@ -203,6 +218,9 @@ struct Record {
   uint32_t sequence = 0;     // its number in the stream (0 in streams written before 1.2)
   uint64_t stored_size = 0;  // bytes in the stream
   bool compressed = false;
+  // A pageRuns record's payload is not read into `payload`: the caller reads it where it belongs
+  // (guest memory) with RecordReader::read_payload and ends it with end_payload.
+  bool streamed = false;
   kj::Array<capnp::word> payload;
 
   // A reader over the payload; valid while this Record lives.
@@ -228,6 +246,14 @@ class RecordReader {
   // The guest's memory size from the stream's header: it bounds the size of dirty-log records,
   // which are otherwise held to the generic bound.
   void set_guest_memory_size(uint64_t bytes) { guest_memory_size_ = bytes; }
+  // The source authenticates everything it carries (a TLS connection): frames may leave their
+  // payload's integrity to it (kFramePayloadByTransport). Never for files.
+  void set_authenticated_transport(bool yes) { authenticated_transport_ = yes; }
+
+  // The payload of the streamed record next() returned last, read in pieces into `data`...
+  Status read_payload(void* data, size_t len);
+  // ... to its end, where its checksum is checked.
+  Status end_payload();
 
  private:
   Error corrupt(const std::string& what) const;
@@ -241,6 +267,18 @@ class RecordReader {
   bool numbered_ = false;
   uint32_t last_sequence_ = 0;
   uint64_t guest_memory_size_ = 0;
+  bool authenticated_transport_ = false;
+  // The streamed record being read.
+  struct Streamed {
+    FrameHeader header;
+    uint64_t remaining = 0;
+    bool hashed = false;
+    struct FreeHash {
+      void operator()(::XXH3_state_s* state) const;
+    };
+    std::unique_ptr<::XXH3_state_s, FreeHash> hash;
+  };
+  std::optional<Streamed> streamed_;
 };
 
 }  // namespace vmctl::state

@@ -83,6 +83,7 @@ Status StreamContents::admit(RecordType type) {
       ++dirty_logs_;
       return ok_status();
     case RecordType::MEMORY_PAGES:
+    case RecordType::PAGE_RUNS:
       if (kind_ == ps::StreamKind::DIFF_SNAPSHOT && dirty_logs_ == 0) {
         return Error::user(
             fmt::format("{}: memory pages before the diff snapshot's dirty log: corrupt", stream_));

@@ -1,5 +1,7 @@
 #include "state/stream_limits.h"
 
+#include "state/page_runs.h"
+
 #include <algorithm>
 
 #include "state/stream.h"
@@ -70,6 +72,8 @@ RecordLimit record_limit(uint16_t type, uint64_t guest_memory_bytes) {
       return {dirty_log_bytes(guest_memory_bytes), kBulkRatio};
     case T::MEMORY_FILE:
       return {kMemoryFileRecordBytes, kSmallRatio};
+    case T::PAGE_RUNS:
+      return {kPageRunsMaxBytes, 1};  // never compressed
   }
   return {kUnknownRecordBytes, kSmallRatio};
 }

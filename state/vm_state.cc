@@ -23,6 +23,7 @@
 #include "state/cpu_features.h"
 #include "state/lapic.h"
 #include "state/memory_file.h"
+#include "state/page_runs.h"
 #include "state/restore_budget.h"
 #include "state/stream_contents.h"
 #include "state/stream_limits.h"
@@ -1276,6 +1277,13 @@ class Restorer {
                         reader.name(), reader.records_read()));
       }
       TRY(contents_->admit(record->type));
+      if (record->streamed) {
+        // Page runs: their pages go straight from the stream into guest memory.
+        if (!vm_) TRY(create_vm(*record, reader));
+        uint64_t pages = TRY(apply_page_runs(reader, *record, vm_->memory()));
+        contents_->add_memory_pages(pages);
+        continue;
+      }
       auto msg = record->message();
       if (!vm_) {
         bool consumed = TRY(create_vm(*record, reader));
@@ -1312,6 +1320,11 @@ class Restorer {
           break;
         }
         case ps::RecordType::TRAILER:
+          // The pages of the other data connections count too: all of them have arrived.
+          if (options_.other_page_lanes) {
+            uint64_t pages = TRY(options_.other_page_lanes());
+            contents_->add_memory_pages(pages);
+          }
           return contents_->check_trailer(msg->getRoot<ps::Trailer>(), reader.records_read() - 1);
         case ps::RecordType::HEADER:
           return Error::user(fmt::format("{}: a second header inside the stream", reader.name()));

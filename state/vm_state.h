@@ -140,6 +140,10 @@ struct RestoreOptions {
   uint32_t dirty_ring_entries = 0;
   // What the stream may make this host spend (guest RAM, vCPUs, records held until the trailer).
   RestoreBudget budget;
+  // A migration over several data connections: called at the trailer of the main one, it waits
+  // until every other connection has delivered all its pages, and returns how many (or why one
+  // failed).
+  std::function<Result<uint64_t>()> other_page_lanes;
 };
 
 // Reads a whole stream from a peer (a migration) and builds a VM in its state, not yet started. Bad

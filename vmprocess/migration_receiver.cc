@@ -1,14 +1,19 @@
 #include "vmprocess/migration_receiver.h"
 
+#include <poll.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
+#include <thread>
 
 #include <fmt/format.h>
 
 #include "base/fd.h"
 #include "base/size.h"
+#include "migrate/data_listener.h"
 #include "state/restore_budget.h"
 #include "state/stream.h"
 #include "state/vm_state.h"
@@ -24,6 +29,9 @@ int fail(const Error& error) {
   return error.exit_code();
 }
 
+// The data connections must all arrive within this long of the listener's announcement.
+constexpr std::chrono::seconds kJoinTimeout{60};
+
 Result<std::unique_ptr<vmm::Vm>> prepare_vm(const ReceiveOptions& o,
                                             const state::RestoreOptions& options) {
   TRY(state::check_guest_fits_host("the offered guest", o.memory_bytes, o.vcpus, options.budget));
@@ -37,6 +45,46 @@ Result<std::unique_ptr<vmm::Vm>> prepare_vm(const ReceiveOptions& o,
   return TRY_CTX(vmm::Vm::create(config), "preparing the VM the migration fills");
 }
 
+Result<std::string> read_feed_line(int fd) {
+  std::string line;
+  char c;
+  while (line.size() < 512) {
+    ssize_t n = ::read(fd, &c, 1);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Error::from_errno("reading from vmctld", errno);
+    if (n == 0) return Error::user("vmctld went away before the migration started");
+    if (c == '\n') return line;
+    line += c;
+  }
+  return Error::user("vmctld sent a line too long");
+}
+
+// Until READY, the daemon's end of the feed closing (it went away, or discarded the migration)
+// ends the restore: every data connection is cut.
+class DaemonWatch {
+ public:
+  DaemonWatch(int feed, std::function<void()> on_gone)
+      : thread_([this, feed, on_gone = std::move(on_gone)] {
+          while (!stop_) {
+            pollfd p{feed, POLLIN | POLLRDHUP, 0};
+            int r = ::poll(&p, 1, 100);
+            if (r > 0 && p.revents) {
+              on_gone();
+              return;
+            }
+          }
+        }) {}
+  ~DaemonWatch() { stop(); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 }  // namespace
 
 int receive_migration(const ReceiveOptions& o) {
@@ -47,52 +95,113 @@ int receive_migration(const ReceiveOptions& o) {
   if (o.control.empty() || o.migration_id.empty()) {
     return fail(Error::user("receive needs --control and --migration-id (vmctld runs it)"));
   }
-  Fd verdict_fd(::dup(o.stream_fd));
-  auto verdict = [&](const std::string& line) {
+  Fd feed(o.stream_fd);
+  auto say = [&](const std::string& line) {
     std::string text = line + "\n";
-    if (::write(verdict_fd.get(), text.data(), text.size()) < 0) {
-      // The daemon is gone. Before READY that ends this process (the stream is cut); after it
-      // the VM waits for the restarted daemon.
+    if (::write(feed.get(), text.data(), text.size()) < 0) {
+      // The daemon is gone. Before READY that ends this process (the watch cuts the data
+      // connections); after it the VM waits for the restarted daemon.
     }
   };
-  std::unique_ptr<state::FileSource> source =
-      state::FileSource::adopt(Fd(o.stream_fd), "migration stream");
-  state::RecordReader reader(*source, "migration stream");
+  auto failed = [&](const Error& error) {
+    say("FAILED " + error.message());
+    return fail(error);
+  };
+  Result<std::string> secret_line = read_feed_line(feed.get());
+  if (!secret_line.ok()) return fail(secret_line.error());
+  if (secret_line->rfind("SECRET ", 0) != 0) {
+    return failed(Error::failure("vmctld did not send the migration's secret first"));
+  }
+  const std::string secret = secret_line->substr(7);
+
+  Result<std::unique_ptr<migrate::DataListener>> listener =
+      !o.data_socket.empty() ? migrate::DataListener::listen_unix(o.data_socket)
+      : !o.data_listen.empty()
+          ? migrate::DataListener::listen_tcp(o.data_listen, o.tls)
+          : Result<std::unique_ptr<migrate::DataListener>>(
+                Error::user("receive needs --data-socket or --data-listen (vmctld runs it)"));
+  if (!listener.ok()) return failed(listener.error());
+  say("LISTENING " + (*listener)->announcement());
+
   state::RestoreOptions options;
   options.console_output = *console;
   Result<vmm::DirtyTracking> tracking = vmm::parse_dirty_tracking(o.dirty_tracking);
-  if (!tracking.ok()) return fail(tracking.error());
+  if (!tracking.ok()) return failed(tracking.error());
   options.dirty_tracking = *tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
   options.budget.max_guest_memory = o.max_guest_memory;
-  // The machine is built now, from the offer, while the source sends its first round: the
-  // stream then only fills it (and must describe exactly this machine).
+  // The machine is built now, from the offer, while the source connects: the stream then only
+  // fills it (and must describe exactly this machine).
   Result<std::unique_ptr<vmm::Vm>> prepared = prepare_vm(o, options);
-  if (!prepared.ok()) {
-    verdict("FAILED " + prepared.error().message());
-    return fail(prepared.error());
-  }
+  if (!prepared.ok()) return failed(prepared.error());
+  vmm::GuestMemory& memory = (*prepared)->memory();
+
+  // What the daemon's watch cuts.
+  std::mutex mu;
+  bool gone = false;
+  std::vector<migrate::DataConnection*> open;
+  DaemonWatch watch(feed.get(), [&] {
+    std::lock_guard lock(mu);
+    gone = true;
+    (*listener)->stop();
+    for (migrate::DataConnection* c : open) c->shut_down();
+  });
+
   auto start = std::chrono::steady_clock::now();
+  Result<std::vector<std::unique_ptr<migrate::DataConnection>>> joined =
+      (*listener)->accept_all(o.migration_id, secret, o.data_connections, start + kJoinTimeout);
+  if (!joined.ok()) return failed(joined.error());
+  listener->reset();
+  std::vector<std::unique_ptr<migrate::DataConnection>> conns = std::move(joined).value();
+  std::unique_ptr<migrate::DataConnection> main = std::move(conns.front());
+  conns.erase(conns.begin());
+  {
+    std::lock_guard lock(mu);
+    open.push_back(main.get());
+    for (auto& c : conns) open.push_back(c.get());
+    if (gone) {
+      for (migrate::DataConnection* c : open) c->shut_down();
+    }
+  }
+  const std::string name = fmt::format("migration stream from {}", main->peer());
+  std::optional<migrate::PageLaneReaders> lanes;
+  if (!conns.empty()) {
+    lanes.emplace(std::move(conns), memory, name, [&] { main->shut_down(); });
+    options.other_page_lanes = [&] { return lanes->wait(); };
+  }
+  state::RecordReader reader(*main, name);
+  reader.set_authenticated_transport(main->authenticated());
   Result<std::unique_ptr<vmm::Vm>> vm =
       state::restore_vm(reader, options, nullptr, std::move(prepared).value());
   if (!vm.ok()) {
-    verdict("FAILED " + vm.error().message());
-    return fail(vm.error());
+    // A connection of pages that failed first is the reason; what it did to the main stream is
+    // only its consequence.
+    std::optional<Error> first = lanes ? lanes->failure() : std::nullopt;
+    bool daemon_gone;
+    {
+      std::lock_guard lock(mu);
+      daemon_gone = gone;
+    }
+    if (daemon_gone && !first) first = Error::user("vmctld ended the migration");
+    return failed(first ? *first : vm.error());
   }
-  source.reset();
+  {
+    std::lock_guard lock(mu);
+    open.clear();
+  }
+  watch.stop();
+  lanes.reset();
+  main.reset();
   // Paused, then the control socket: once READY is said, the switchover (which resumes it) may
   // come at once.
   (*vm)->pause();
   Result<std::unique_ptr<ControlServer>> server = ControlServer::start(
       **vm, o.control, /*vm_paused=*/true, IncomingMigration{o.migration_id, o.stay_paused});
-  if (!server.ok()) {
-    verdict("FAILED " + server.error().message());
-    return fail(server.error());
-  }
+  if (!server.ok()) return failed(server.error());
   double ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-  verdict(fmt::format("READY {:.3f}", ms));
-  verdict_fd.reset();
+  say(fmt::format("READY {:.3f}", ms));
+  feed.reset();
   std::fprintf(stderr,
                "vmctl: received the VM (%s, %u vCPUs); paused until migration %s switches "
                "over\n",

@@ -1,18 +1,26 @@
 // The receiving end of a live migration, inside the VM process vmctld starts for it
-// (`vmctl receive`; the "destination VM process" of migrate/protocol.md): the record stream
-// arrives on a descriptor, the VM is restored from it PAUSED, the verdict goes back on the same
-// descriptor ("READY <ms>" or "FAILED <why>", one line), and the VM runs only once vmctld sends
-// the switchover over the control socket (which is open before READY is said). A daemon that
-// goes away before that leaves the VM paused for its restarted self to settle.
+// (`vmctl receive`; the "destination VM process" of migrate/protocol.md): it builds the offered
+// machine, takes the source VM process's data connections itself (migrate/data_plane.md), restores
+// the VM from them PAUSED, says the verdict to its daemon ("READY <ms>" or "FAILED <why>", one
+// line), and the VM runs only once vmctld sends the switchover over the control socket (which is
+// open before READY is said). A daemon that goes away before that leaves the VM paused for its
+// restarted self to settle; one that goes away (or discards) before READY ends the restore.
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "migrate/channel.h"
+
 namespace vmctl::vmprocess {
 
 struct ReceiveOptions {
-  int stream_fd = -1;  // the record stream in, the verdict out
+  // The daemon's end: the secret in, then LISTENING, READY or FAILED out (migrate/data_plane.md).
+  int stream_fd = -1;
+  unsigned data_connections = 1;
+  std::string data_socket;  // unix socket for the data connections, or ...
+  std::string data_listen;  // ... the TCP address (host) to listen on, with TLS
+  migrate::TlsConfig tls;
   std::string migration_id;
   uint64_t memory_bytes = 0;  // the offered machine: built before the stream arrives
   unsigned vcpus = 0;

@@ -147,20 +147,19 @@ void MigrationSender::run(MigrateArgs args, Fd conn) {
   options.max_seconds = args.max_seconds;
   options.auto_converge = args.auto_converge;
   options.compression_level = args.compression;
-  migrate::DataStreamOptions data;
-  data.destination = args.destination;
+  migrate::DataLaneOptions data;
+  data.endpoint = args.destination;
   data.migration_id = id;
   data.secret = args.secret;
-  data.streams = args.streams;
+  data.count = args.streams;
   data.stall_timeout = std::chrono::milliseconds(args.stall_timeout_ms);
   data.tls = args.tls;
   std::thread watcher([this, fd = conn.get()] { watch_daemon(fd); });
   auto send = [&](const nlohmann::json& line) { (void)send_json_line(conn.get(), line); };
-  spdlog::info("migration {}: sending to {} over {} stream{}", id, data.destination, data.streams,
-               data.streams == 1 ? "" : "s");
+  spdlog::info("migration {}: sending to {} over {} data connection{}", id, data.endpoint,
+               data.count, data.count == 1 ? "" : "s");
 
-  Result<std::unique_ptr<migrate::GrpcDataStreams>> streams =
-      migrate::GrpcDataStreams::connect(data);
+  Result<std::unique_ptr<migrate::DataLanes>> streams = migrate::DataLanes::connect(data);
   Result<migrate::Progress> result = Error::failure("not started");
   if (!streams.ok()) {
     result = std::move(streams).error();
@@ -176,14 +175,6 @@ void MigrationSender::run(MigrateArgs args, Fd conn) {
           if (p.phase != "sent") send(progress_json(p, id));
         },
         cancel_);
-    if (result.ok()) {
-      // Everything is on its way; the destination daemon must have all of it before "sent".
-      Status finished = (*streams)->finish();
-      if (!finished.ok()) {
-        vm_.resume();  // migrate_vm left it paused for the switchover, which will not come
-        result = std::move(finished).error();
-      }
-    }
     std::lock_guard lock(mu_);
     streams_ = nullptr;
   }

@@ -18,7 +18,7 @@
 
 #include "base/error.h"
 #include "base/fd.h"
-#include "migrate/data_streams.h"
+#include "migrate/data_lanes.h"
 #include "vmm/vm.h"
 #include "vmprocess/control_protocol.h"
 
@@ -55,7 +55,7 @@ class MigrationSender {
   std::string id_;
   std::atomic<bool> cancel_{false};
   std::atomic<uint64_t> generation_{0};
-  migrate::GrpcDataStreams* streams_ = nullptr;  // while sending, under mu_ (for cancel)
+  migrate::DataLanes* streams_ = nullptr;  // while sending, under mu_ (for cancel)
   std::thread thread_;
 };
 

@@ -10,6 +10,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "migrate/data_connection.h"
+#include "migrate/data_hello.h"
+
 namespace vmctl::testing {
 
 CraftedOutcome send_crafted(Daemon& to, const CraftedMigration& how, const std::string& bytes) {
@@ -41,41 +44,50 @@ CraftedOutcome send_crafted(Daemon& to, const CraftedMigration& how, const std::
     return out;
   }
   std::string secret = how.wrong_secret ? std::string(event.secret().size(), 'x') : event.secret();
-  struct Lane {
-    grpc::ClientContext context;
-    std::unique_ptr<grpc::ClientReaderWriter<v1::MigrationChunk, v1::MigrationEvent>> stream;
-  };
-  std::vector<std::unique_ptr<Lane>> lanes;
+  // The data connections go straight to the receiving VM process (migrate/data_plane.md): this
+  // test talks to the daemon over its unix socket, so the process listens on a unix socket too.
+  auto endpoint = migrate::data_endpoint_for(to.address(), event.data_endpoint());
+  if (!endpoint.ok()) {
+    out.refused = endpoint.error().message();
+    control_context.TryCancel();
+    control->Finish();
+    return out;
+  }
+  if (how.before_data) how.before_data(*endpoint);
+  std::vector<std::unique_ptr<migrate::DataConnection>> lanes;
   for (unsigned i = 0; i < how.streams; ++i) {
-    auto lane = std::make_unique<Lane>();
-    lane->stream = stub->Receive(&lane->context);
-    v1::MigrationChunk join;
-    join.mutable_join()->set_migration_id(how.join_id.empty() ? id : how.join_id);
-    join.mutable_join()->set_secret(secret);
-    join.mutable_join()->set_stream_index(i);
-    join.mutable_join()->set_stream_count(how.streams);
-    v1::MigrationEvent answer;
-    if (!lane->stream->Write(join) || !lane->stream->Read(&answer) ||
-        answer.kind() != v1::MigrationEvent::ACCEPTED) {
-      out.refused =
-          answer.error().empty() ? lane->stream->Finish().error_message() : answer.error();
+    auto conn = migrate::DataConnection::connect(*endpoint, nullptr, std::chrono::seconds(30));
+    std::string answer;
+    if (conn.ok()) {
+      migrate::DataHello hello{how.join_id.empty() ? id : how.join_id, secret, i, how.streams};
+      hello.index = how.data_index.value_or(i);
+      Status sent = (*conn)->write_line(migrate::format_hello(hello));
+      auto line = sent.ok() ? (*conn)->read_line(migrate::kHelloMaxBytes)
+                            : Result<std::string>(std::move(sent).error());
+      answer = line.ok() ? *line : line.error().message();
+    } else {
+      answer = conn.error().message();
+    }
+    if (answer != "OK") {
+      out.refused = answer;
       control_context.TryCancel();
       control->Finish();
       return out;
     }
-    lanes.push_back(std::move(lane));
+    lanes.push_back(std::move(conn).value());
   }
-  uint64_t sequence = 0;
-  for (size_t off = 0; off < bytes.size(); off += 1 << 20, ++sequence) {
-    v1::MigrationChunk chunk;
-    chunk.set_sequence(sequence);
-    chunk.set_records(bytes.substr(off, 1 << 20));
-    if (!lanes[sequence % lanes.size()]->stream->Write(chunk)) break;
+  // Connection 0 carries the stream; the others (pages only) end with an empty lane trailer.
+  if (!lanes.empty()) (void)lanes[0]->write(bytes.data(), bytes.size());
+  for (size_t i = 1; i < lanes.size(); ++i) {
+    state::MemorySink sink;
+    state::RecordWriter writer(sink, state::WriterOptions{0});
+    capnp::MallocMessageBuilder message;
+    message.initRoot<proto::state::Trailer>();
+    EXPECT_TRUE(writer.write(proto::state::RecordType::TRAILER, message).ok());
+    (void)lanes[i]->write(sink.bytes().data(), sink.bytes().size());
   }
-  for (auto& lane : lanes) {
-    lane->stream->WritesDone();
-    lane->stream->Finish();
-  }
+  // All is sent: the end of each connection tells the receiver a short stream is short.
+  for (auto& lane : lanes) lane->shut_down();
   while (control->Read(&event)) {
     if (event.kind() == v1::MigrationEvent::FAILED) {
       out.failed = event.error();

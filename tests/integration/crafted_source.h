@@ -1,9 +1,10 @@
 // A migration source the test writes itself: what a hostile or broken peer could send to a
-// destination vmctld's MigrationReceiver (Control and Receive, through its unix socket, which
-// serves the same services as its TLS listener).
+// destination vmctld's MigrationReceiver (Control, through the daemon's unix socket, which serves
+// the same services as its TLS listener) and to the receiving VM process's data connections.
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "state/stream.h"
@@ -19,6 +20,9 @@ struct CraftedMigration {
   unsigned vcpus = 1;
   std::string join_id;  // join the data streams to this id instead
   bool wrong_secret = false;
+  std::optional<unsigned> data_index;  // a hello that claims this connection index
+  // Runs with the data endpoint once the offer is accepted, before the data connections open.
+  std::function<void(const std::string& endpoint)> before_data;
   bool switchover = true;  // send SWITCHOVER once READY
 };
 

@@ -421,10 +421,14 @@ TEST_F(FaultMatrix, StalledDestinationDuringStopAndCopy) {
   big_guest();
   v1::MigrateRequest req = long_stop_and_copy();
   req.set_stall_timeout_seconds(3);
-  pid_t daemon = B().pid();
+  // The data goes straight to B's VM process (migrate/data_plane.md): it stops reading while its
+  // daemon still answers (a daemon that stops is a lost destination: LinkCut tests).
+  std::vector<pid_t> stopped;
   auto start = std::chrono::steady_clock::now();
   MigrationResult r = migrate(A(), req, [&](const auto& p) {
-    if (p.phase() == "stop-and-copy") ::kill(daemon, SIGSTOP);  // it stops reading
+    if (p.phase() != "stop-and-copy" || !stopped.empty()) return;
+    for (const GuestCopy& c : guest_copies({hosts->root_b()}, name)) stopped.push_back(c.pid);
+    for (pid_t pid : stopped) ::kill(pid, SIGSTOP);
   });
   double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   expect_failed(r);
@@ -435,7 +439,8 @@ TEST_F(FaultMatrix, StalledDestinationDuringStopAndCopy) {
   std::vector<GuestCopy> source = guest_copies({hosts->root_a()}, name);
   ASSERT_EQ(source.size(), 1u) << describe(source);
   EXPECT_TRUE(source[0].answers && !source[0].paused) << source[0].describe();
-  ::kill(daemon, SIGCONT);
+  EXPECT_FALSE(stopped.empty()) << "no VM process on B to stop";
+  for (pid_t pid : stopped) ::kill(pid, SIGCONT);
   expect_one_copy(name, hosts->root_a());  // ... and B, back, throws its copy away
   stop_vm(name);
 }

@@ -15,6 +15,8 @@
 #include <fmt/format.h>
 
 #include "migrate/channel.h"
+#include "migrate/data_connection.h"
+#include "migrate/data_hello.h"
 #include "proto/names.h"
 #include "tests/integration/crafted_source.h"
 #include "tests/integration/cross_host.h"
@@ -57,6 +59,7 @@ TEST_F(CraftedStream, UnmodifiedStreamRunsOnlyAfterTheSwitchover) {
   EXPECT_TRUE(o.ready) << o.refused << o.failed;
   // READY without SWITCHOVER: the copy waited paused, and went when the source went away.
   expect_no_copy(vm);
+  EXPECT_TRUE(B().wait_state(vm, v1::VM_STATE_UNSPECIFIED, 10s)) << "B still holds the name";
   o = send_crafted(B(), how(), golden_stream(copy_record));
   EXPECT_TRUE(o.resumed) << o.refused << o.failed;
   expect_runs_on_b();
@@ -237,48 +240,33 @@ TEST_F(CraftedStream, IncomingMigrationsAreLimited) {
   for (int i = 0; i < 5; ++i) expect_no_copy("limit" + std::to_string(i));
 }
 
-// A parallel stream that keeps sending chunks from far ahead is cut off rather than buffered
-// without bound, and the half-received VM is cleaned up.
-TEST_F(CraftedStream, ChunksFarAheadEndTheMigration) {
-  auto stub = v1::MigrationReceiver::NewStub(B().channel());
-  grpc::ClientContext control_context;
-  auto control = stub->Control(&control_context);
-  v1::MigrationControl offer;
-  offer.mutable_offer()->set_vm_name(vm);
-  offer.mutable_offer()->set_format_major(state::format_major());
-  offer.mutable_offer()->set_migration_id("00000000000000000000000000c0ffee");
-  offer.mutable_offer()->set_stream_count(2);
-  offer.mutable_offer()->set_memory_bytes(32 << 20);
-  offer.mutable_offer()->set_vcpus(1);
-  v1::MigrationEvent event;
-  ASSERT_TRUE(control->Write(offer) && control->Read(&event));
-  ASSERT_EQ(event.kind(), v1::MigrationEvent::ACCEPTED) << event.error();
-  grpc::ClientContext data_context;
-  auto data = stub->Receive(&data_context);
-  v1::MigrationChunk join;
-  join.mutable_join()->set_migration_id("00000000000000000000000000c0ffee");
-  join.mutable_join()->set_secret(event.secret());
-  join.mutable_join()->set_stream_index(1);
-  join.mutable_join()->set_stream_count(2);
-  ASSERT_TRUE(data->Write(join) && data->Read(&event));
-  ASSERT_EQ(event.kind(), v1::MigrationEvent::ACCEPTED) << event.error();
-  // 96 MiB of chunks from the future: more than the destination holds back for stragglers.
-  for (uint64_t i = 0; i < 96; ++i) {
-    v1::MigrationChunk far;
-    far.set_sequence(1000000 + i);
-    far.set_records(std::string(1 << 20, 'x'));
-    if (!data->Write(far)) break;
-  }
-  data->WritesDone();
-  data->Finish();
-  std::string error;
-  while (control->Read(&event)) {
-    if (event.kind() == v1::MigrationEvent::FAILED) error = event.error();
-    EXPECT_NE(event.kind(), v1::MigrationEvent::RESTORED);
-  }
-  control->Finish();
-  EXPECT_NE(error.find("chunk 0 is missing"), std::string::npos) << error;
+// Two data connections that both claim to be connection 0: the second is refused, with why.
+TEST_F(CraftedStream, RepeatedDataConnectionIndexIsRefused) {
+  CraftedMigration h = how();
+  h.streams = 2;
+  h.data_index = 0;
+  CraftedOutcome o = send_crafted(B(), h, golden_stream(copy_record));
+  EXPECT_NE(o.refused.find("data connection 0 has joined already"), std::string::npos) << o.refused;
   expect_no_copy(vm);
+}
+
+// Whoever reaches the data socket without a hello (a port scanner, a confused client) is refused
+// with a reason, and the migration's own connections still join after it.
+TEST_F(CraftedStream, StrangerOnTheDataSocketIsRefusedAndTheMigrationGoesOn) {
+  CraftedMigration h = how();
+  std::string stranger_heard;
+  h.before_data = [&](const std::string& endpoint) {
+    auto conn = migrate::DataConnection::connect(endpoint, nullptr, std::chrono::seconds(10));
+    ASSERT_TRUE(conn.ok()) << conn.error().message();
+    ASSERT_TRUE((*conn)->write_line("GET / HTTP/1.1").ok());
+    auto line = (*conn)->read_line(migrate::kHelloMaxBytes);
+    stranger_heard = line.ok() ? *line : line.error().message();
+  };
+  CraftedOutcome o = send_crafted(B(), h, golden_stream(copy_record));
+  EXPECT_EQ(stranger_heard.rfind("REFUSED ", 0), 0u) << stranger_heard;
+  EXPECT_TRUE(o.resumed) << o.refused << o.failed;
+  expect_runs_on_b();
+  stop_vm(vm);
 }
 
 // ------------------------------------------------------------------ a real source misbehaves
@@ -313,13 +301,13 @@ TEST_F(BrokenSource, CorruptChunkOnOneOfSeveralStreams) {
 TEST_F(BrokenSource, DuplicatedChunk) {
   with_faults(A(), {"VMCTL_FAULT_DUPLICATE_CHUNK=2"});
   start();
-  expect_refused(migrate_to_b(), "chunk 2 arrived twice");
+  expect_refused(migrate_to_b(), "a record is duplicated");
 }
 
 TEST_F(BrokenSource, MissingChunk) {
   with_faults(A(), {"VMCTL_FAULT_DROP_CHUNK=1"});
   start();
-  expect_refused(migrate_to_b(), "chunk 1");
+  expect_refused(migrate_to_b(), "missing");
 }
 
 TEST_F(BrokenSource, ParallelStreamJoinsAForeignMigration) {
