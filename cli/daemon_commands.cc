@@ -64,6 +64,7 @@ class Client {
       case grpc::StatusCode::NOT_FOUND:
       case grpc::StatusCode::FAILED_PRECONDITION:
       case grpc::StatusCode::CANCELLED:
+      case grpc::StatusCode::PERMISSION_DENIED:
         return 2;
       default:
         return 1;

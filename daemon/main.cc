@@ -18,7 +18,9 @@
 #include "base/alloc.h"
 #include "base/rotating_log.h"
 #include "base/size.h"
+#include "daemon/config.h"
 #include "daemon/service.h"
+#include "daemon/unix_listener.h"
 #include "daemon/vm_manager.h"
 #include "migrate/channel.h"
 
@@ -36,6 +38,21 @@ std::string default_vmctl() {
   return "vmctl";
 }
 
+// The access policy from the configuration file (daemon/config.md); defaults without one.
+vmctl::Result<vmctl::daemon::AccessPolicy> access_policy(
+    const vmctl::daemon::DaemonConfig& config) {
+  using namespace vmctl::daemon;
+  AccessPolicy access;
+  if (config.grants) access.authorizer = TRY(Authorizer::from_grants(*config.grants));
+  if (config.allowed_paths)
+    access.paths = TRY(PathPolicy::under(*config.allowed_paths, "paths.allowed"));
+  if (config.migration_sockets) {
+    access.migration_sockets =
+        TRY(PathPolicy::under(*config.migration_sockets, "paths.migration_sockets"));
+  }
+  return access;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -49,6 +66,7 @@ int main(int argc, char** argv) {
   manager_options.state_dir = "/var/lib/vmctld";
   manager_options.vmctl_binary = default_vmctl();
   std::string log_level = "info";
+  std::string config_path;
   app.set_version_flag("--version", std::string("vmctld ") + VMCTL_VERSION);
   app.add_option("--socket", socket, "Control endpoint: a unix socket, mode 0600")
       ->capture_default_str();
@@ -71,6 +89,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-guest-memory", max_guest_memory,
                  "The largest guest this host takes (created, restored or migrated in), e.g. "
                  "64G; default: the host's RAM");
+  app.add_option("--config", config_path,
+                 "TOML file with roles (who may call what), the directories callers may name "
+                 "files in, and who may reach the unix socket (daemon/config.md); without one, "
+                 "root and this user are operators and migration peers on the unix socket, every "
+                 "certificate the CA signed is a migration peer, and every path is allowed")
+      ->check(CLI::ExistingFile);
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   app.footer(
@@ -108,6 +132,23 @@ int main(int argc, char** argv) {
                  listen.c_str());
     return 2;
   }
+  daemon::DaemonConfig config;
+  if (!config_path.empty()) {
+    Result<daemon::DaemonConfig> loaded = daemon::load_daemon_config(config_path);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "vmctld: %s\n", loaded.error().message().c_str());
+      return 2;
+    }
+    config = std::move(*loaded);
+  }
+  Result<daemon::AccessPolicy> access = access_policy(config);
+  if (!access.ok()) {
+    std::fprintf(stderr, "vmctld: %s%s\n", config_path.empty() ? "" : (config_path + ": ").c_str(),
+                 access.error().message().c_str());
+    return 2;
+  }
+  daemon::PeerCredentials unix_peers;
+  access->authorizer.set_peer_credentials(&unix_peers);
   // The signals that stop the daemon are taken by a thread of their own (blocked everywhere else,
   // including gRPC's threads, which inherit the mask).
   sigset_t stop_signals;
@@ -151,8 +192,8 @@ int main(int argc, char** argv) {
   incoming.recover();
   outgoing.recover();
   journal->prune(7 * 24 * 3600 * 1000ll);
-  daemon::VmctlService vmctl_service(**manager, outgoing);
-  daemon::MigrationReceiverService receiver(incoming);
+  daemon::VmctlService vmctl_service(**manager, outgoing, *access);
+  daemon::MigrationReceiverService receiver(incoming, access->authorizer);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -165,8 +206,16 @@ int main(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 3000);
-  ::unlink(socket.c_str());  // a stale socket from a daemon that is gone
-  builder.AddListeningPort("unix:" + socket, grpc::InsecureServerCredentials());
+  // The unix socket is accepted by the daemon itself, to learn each caller's uid.
+  daemon::UnixSocketOptions socket_options{socket, config.socket_mode,
+                                           config.socket_group.value_or(static_cast<gid_t>(-1))};
+  Result<std::unique_ptr<daemon::UnixListener>> unix_listener =
+      daemon::UnixListener::open(socket_options, unix_peers);
+  if (!unix_listener.ok()) {
+    std::fprintf(stderr, "vmctld: cannot listen on unix:%s: %s\n", socket.c_str(),
+                 unix_listener.error().message().c_str());
+    return 1;
+  }
   if (!listen.empty()) {
     grpc::SslServerCredentialsOptions ssl(
         GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
@@ -187,16 +236,19 @@ int main(int argc, char** argv) {
   builder.RegisterService(&receiver);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) {
-    std::fprintf(stderr,
-                 "vmctld: cannot listen on unix:%s%s: is another vmctld running, and is "
-                 "the directory writable?\n",
-                 socket.c_str(), listen.empty() ? "" : (" or " + listen).c_str());
+    std::fprintf(stderr, "vmctld: cannot listen on %s: is the address in use?\n", listen.c_str());
     return 1;
   }
-  ::chmod(socket.c_str(), 0600);
-  spdlog::info("vmctld {} listening on unix:{}{}; state in {}; VMs run by {}", VMCTL_VERSION,
+  (*unix_listener)->serve(server.get());
+  spdlog::info("vmctld {} listening on unix:{}{}; state in {}; VMs run by {}; {}", VMCTL_VERSION,
                socket, listen.empty() ? "" : fmt::format(" and {} (mutual TLS)", listen),
-               manager_options.state_dir, manager_options.vmctl_binary);
+               manager_options.state_dir, manager_options.vmctl_binary,
+               config_path.empty() ? "default access (no --config)" : "access from " + config_path);
+  if (access->paths.unrestricted()) {
+    spdlog::info(
+        "callers may name files anywhere on this host ([paths] allowed in --config "
+        "restricts them)");
+  }
 
   std::thread stopper([&] {
     int sig = 0;
@@ -206,7 +258,7 @@ int main(int argc, char** argv) {
   });
   server->Wait();
   stopper.join();
+  unix_listener->reset();  // stops accepting, removes the socket
   (*manager)->set_exit_listener(nullptr);
-  ::unlink(socket.c_str());
   return 0;
 }

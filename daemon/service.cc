@@ -50,56 +50,106 @@ grpc::Status to_grpc(const Error& error) {
   return grpc::Status(grpc::StatusCode::INTERNAL, error.message());
 }
 
-grpc::Status VmctlService::CreateVm(grpc::ServerContext*, const v1::CreateVmRequest* r,
+// The caller's paths, resolved and checked against the daemon's policy (daemon/path_policy.h);
+// the request the daemon acts on carries the resolved paths.
+Status VmctlService::resolve_paths(v1::VmConfig& config) const {
+  if (!config.kernel().empty())
+    config.set_kernel(TRY(access_.paths.existing(config.kernel(), "kernel")));
+  if (!config.initrd().empty())
+    config.set_initrd(TRY(access_.paths.existing(config.initrd(), "initrd")));
+  return ok_status();
+}
+
+grpc::Status VmctlService::CreateVm(grpc::ServerContext* context, const v1::CreateVmRequest* r,
                                     v1::VmInfo* out) {
-  Result<v1::VmInfo> created = manager_.create(r->name(), r->config());
-  if (!created.ok() || !r->start()) return reply(std::move(created), out);
-  return reply(manager_.start(r->name()), out);
+  return guarded(context, "CreateVm", [&] {
+    v1::VmConfig config = r->config();
+    if (Status paths = resolve_paths(config); !paths.ok()) return to_grpc(paths.error());
+    Result<v1::VmInfo> created = manager_.create(r->name(), config);
+    if (!created.ok() || !r->start()) return reply(std::move(created), out);
+    return reply(manager_.start(r->name()), out);
+  });
 }
 
-grpc::Status VmctlService::StartVm(grpc::ServerContext*, const v1::VmRef* r, v1::VmInfo* out) {
-  return reply(manager_.start(r->name()), out);
-}
-grpc::Status VmctlService::PauseVm(grpc::ServerContext*, const v1::VmRef* r, v1::VmInfo* out) {
-  return reply(manager_.pause(r->name()), out);
-}
-grpc::Status VmctlService::ResumeVm(grpc::ServerContext*, const v1::VmRef* r, v1::VmInfo* out) {
-  return reply(manager_.resume(r->name()), out);
-}
-grpc::Status VmctlService::StopVm(grpc::ServerContext*, const v1::VmRef* r, v1::VmInfo* out) {
-  return reply(manager_.stop(r->name()), out);
-}
-grpc::Status VmctlService::DeleteVm(grpc::ServerContext*, const v1::VmRef* r, v1::VmInfo* out) {
-  return reply(manager_.remove(r->name()), out);
-}
-grpc::Status VmctlService::GetVm(grpc::ServerContext*, const v1::VmRef* r, v1::VmInfo* out) {
-  return reply(manager_.get(r->name(), /*with_stats=*/true), out);
-}
-grpc::Status VmctlService::ListVms(grpc::ServerContext*, const v1::ListVmsRequest*,
-                                   v1::ListVmsResponse* out) {
-  for (v1::VmInfo& i : manager_.list()) *out->add_vms() = std::move(i);
-  return grpc::Status::OK;
-}
-
-grpc::Status VmctlService::SendConsole(grpc::ServerContext*, const v1::ConsoleInput* r,
-                                       v1::VmInfo* out) {
-  Status sent = manager_.console_input(r->name(), r->data());
-  if (!sent.ok()) return to_grpc(sent.error());
-  return reply(manager_.get(r->name()), out);
-}
-
-grpc::Status VmctlService::Snapshot(grpc::ServerContext*, const v1::SnapshotRequest* r,
-                                    v1::SnapshotResponse* out) {
-  return reply(manager_.snapshot(*r), out);
-}
-
-grpc::Status VmctlService::Restore(grpc::ServerContext*, const v1::RestoreRequest* r,
+grpc::Status VmctlService::StartVm(grpc::ServerContext* context, const v1::VmRef* r,
                                    v1::VmInfo* out) {
-  return reply(manager_.restore(*r), out);
+  return guarded(context, "StartVm", [&] { return reply(manager_.start(r->name()), out); });
+}
+grpc::Status VmctlService::PauseVm(grpc::ServerContext* context, const v1::VmRef* r,
+                                   v1::VmInfo* out) {
+  return guarded(context, "PauseVm", [&] { return reply(manager_.pause(r->name()), out); });
+}
+grpc::Status VmctlService::ResumeVm(grpc::ServerContext* context, const v1::VmRef* r,
+                                    v1::VmInfo* out) {
+  return guarded(context, "ResumeVm", [&] { return reply(manager_.resume(r->name()), out); });
+}
+grpc::Status VmctlService::StopVm(grpc::ServerContext* context, const v1::VmRef* r,
+                                  v1::VmInfo* out) {
+  return guarded(context, "StopVm", [&] { return reply(manager_.stop(r->name()), out); });
+}
+grpc::Status VmctlService::DeleteVm(grpc::ServerContext* context, const v1::VmRef* r,
+                                    v1::VmInfo* out) {
+  return guarded(context, "DeleteVm", [&] { return reply(manager_.remove(r->name()), out); });
+}
+grpc::Status VmctlService::GetVm(grpc::ServerContext* context, const v1::VmRef* r,
+                                 v1::VmInfo* out) {
+  return guarded(context, "GetVm",
+                 [&] { return reply(manager_.get(r->name(), /*with_stats=*/true), out); });
+}
+grpc::Status VmctlService::ListVms(grpc::ServerContext* context, const v1::ListVmsRequest*,
+                                   v1::ListVmsResponse* out) {
+  return guarded(context, "ListVms", [&] {
+    for (v1::VmInfo& i : manager_.list()) *out->add_vms() = std::move(i);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::Status VmctlService::SendConsole(grpc::ServerContext* context, const v1::ConsoleInput* r,
+                                       v1::VmInfo* out) {
+  return guarded(context, "SendConsole", [&] {
+    Status sent = manager_.console_input(r->name(), r->data());
+    if (!sent.ok()) return to_grpc(sent.error());
+    return reply(manager_.get(r->name()), out);
+  });
+}
+
+grpc::Status VmctlService::Snapshot(grpc::ServerContext* context, const v1::SnapshotRequest* r,
+                                    v1::SnapshotResponse* out) {
+  return guarded(context, "Snapshot", [&] {
+    v1::SnapshotRequest checked = *r;
+    Result<std::string> path = access_.paths.new_file(r->path(), "snapshot");
+    if (!path.ok()) return to_grpc(path.error());
+    checked.set_path(*path);
+    if (!r->memory_file().empty()) {
+      Result<std::string> memory = access_.paths.new_file(r->memory_file(), "memory file");
+      if (!memory.ok()) return to_grpc(memory.error());
+      checked.set_memory_file(*memory);
+    }
+    return reply(manager_.snapshot(checked), out);
+  });
+}
+
+grpc::Status VmctlService::Restore(grpc::ServerContext* context, const v1::RestoreRequest* r,
+                                   v1::VmInfo* out) {
+  return guarded(context, "Restore", [&] {
+    v1::RestoreRequest checked = *r;
+    for (int i = 0; i < checked.files_size(); ++i) {
+      Result<std::string> file = access_.paths.existing(r->files(i), "snapshot");
+      if (!file.ok()) return to_grpc(file.error());
+      checked.set_files(i, *file);
+    }
+    return reply(manager_.restore(checked), out);
+  });
 }
 
 grpc::Status VmctlService::WatchVm(grpc::ServerContext* context, const v1::WatchVmRequest* r,
                                    grpc::ServerWriter<v1::VmEvent>* writer) {
+  return guarded(context, "WatchVm", [&] { return watch(context, *r, writer); });
+}
+
+grpc::Status VmctlService::watch(grpc::ServerContext* context, const v1::WatchVmRequest& request,
+                                 grpc::ServerWriter<v1::VmEvent>* writer) {
+  const v1::WatchVmRequest* r = &request;
   Result<std::pair<v1::VmInfo, uint64_t>> current = manager_.wait_for_change(r->name(), ~0ull, 0);
   if (!current.ok()) return to_grpc(current.error());
   uint64_t version = current->second;
@@ -134,26 +184,40 @@ grpc::Status VmctlService::WatchVm(grpc::ServerContext* context, const v1::Watch
 
 grpc::Status VmctlService::Migrate(grpc::ServerContext* context, const v1::MigrateRequest* r,
                                    grpc::ServerWriter<v1::MigrationProgress>* writer) {
-  return outgoing_.migrate(context, *r, writer);
+  return guarded(context, "Migrate", [&] {
+    v1::MigrateRequest checked = *r;
+    // A local destination is a unix socket on this host: only those the policy allows, so a
+    // caller cannot make the VM process stream the guest into any socket it likes.
+    if (r->destination().rfind("unix:", 0) == 0) {
+      Result<std::string> socket = access_.migration_sockets.existing(
+          r->destination().substr(5), "local migration destination");
+      if (!socket.ok()) return to_grpc(socket.error());
+      checked.set_destination("unix:" + *socket);
+    }
+    return outgoing_.migrate(context, checked, writer);
+  });
 }
 
-grpc::Status VmctlService::CancelMigration(grpc::ServerContext*, const v1::VmRef* r,
+grpc::Status VmctlService::CancelMigration(grpc::ServerContext* context, const v1::VmRef* r,
                                            v1::VmInfo* out) {
-  return reply(outgoing_.cancel(r->name()), out);
+  return guarded(context, "CancelMigration",
+                 [&] { return reply(outgoing_.cancel(r->name()), out); });
 }
 
-grpc::Status VmctlService::RecoverMigration(grpc::ServerContext*, const v1::VmRef* r,
+grpc::Status VmctlService::RecoverMigration(grpc::ServerContext* context, const v1::VmRef* r,
                                             v1::VmInfo* out) {
-  return reply(outgoing_.recover_vm(r->name()), out);
+  return guarded(context, "RecoverMigration",
+                 [&] { return reply(outgoing_.recover_vm(r->name()), out); });
 }
 
-grpc::Status VmctlService::GetHostInfo(grpc::ServerContext*, const v1::HostInfoRequest*,
+grpc::Status VmctlService::GetHostInfo(grpc::ServerContext* context, const v1::HostInfoRequest*,
                                        v1::HostInfo* out) {
-  Result<nlohmann::json> report = cached_host_report();
-  if (!report.ok()) return to_grpc(report.error());
-  std::string cached = report->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  out->set_report_json(cached);
-  return grpc::Status::OK;
+  return guarded(context, "GetHostInfo", [&] {
+    Result<nlohmann::json> report = cached_host_report();
+    if (!report.ok()) return to_grpc(report.error());
+    out->set_report_json(report->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+    return grpc::Status::OK;
+  });
 }
 
 }  // namespace vmctl::daemon

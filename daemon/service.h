@@ -8,8 +8,10 @@
 #include <string>
 
 #include "base/error.h"
+#include "daemon/authorization.h"
 #include "daemon/incoming_migration.h"
 #include "daemon/outgoing_migration.h"
+#include "daemon/path_policy.h"
 #include "daemon/vm_manager.h"
 #include "proto/vmctl.grpc.pb.h"
 
@@ -21,14 +23,21 @@ struct TlsFiles {
   bool empty() const { return ca.empty() && cert.empty() && key.empty(); }
 };
 
+// What callers may do (daemon/config.h): the roles of each caller, and the files they may name.
+struct AccessPolicy {
+  Authorizer authorizer = Authorizer::defaults();
+  PathPolicy paths;              // kernels, initrds, snapshots, memory files, restore files
+  PathPolicy migration_sockets;  // local migration destinations (unix:PATH)
+};
+
 // Maps an Error onto a gRPC status: operator mistakes are INVALID_ARGUMENT, unknown VMs
 // NOT_FOUND, wrong states FAILED_PRECONDITION, everything else INTERNAL.
 grpc::Status to_grpc(const Error& error);
 
 class VmctlService final : public v1::Vmctl::Service {
  public:
-  VmctlService(VmManager& manager, OutgoingMigrations& outgoing)
-      : manager_(manager), outgoing_(outgoing) {}
+  VmctlService(VmManager& manager, OutgoingMigrations& outgoing, const AccessPolicy& access)
+      : manager_(manager), outgoing_(outgoing), access_(access) {}
 
   grpc::Status CreateVm(grpc::ServerContext*, const v1::CreateVmRequest*, v1::VmInfo*) override;
   grpc::Status StartVm(grpc::ServerContext*, const v1::VmRef*, v1::VmInfo*) override;
@@ -53,30 +62,46 @@ class VmctlService final : public v1::Vmctl::Service {
                            v1::HostInfo*) override;
 
  private:
+  Status resolve_paths(v1::VmConfig& config) const;
+  grpc::Status watch(grpc::ServerContext* context, const v1::WatchVmRequest& request,
+                     grpc::ServerWriter<v1::VmEvent>* writer);
+  // Runs `call` if the caller may call `rpc`.
+  template <typename Call>
+  grpc::Status guarded(grpc::ServerContext* context, const char* rpc, Call&& call) {
+    grpc::Status allowed = access_.authorizer.check(context, rpc);
+    return allowed.ok() ? call() : allowed;
+  }
+
   VmManager& manager_;
   OutgoingMigrations& outgoing_;
+  const AccessPolicy& access_;
 };
 
 class MigrationReceiverService final : public v1::MigrationReceiver::Service {
  public:
-  explicit MigrationReceiverService(IncomingMigrations& incoming) : incoming_(incoming) {}
+  MigrationReceiverService(IncomingMigrations& incoming, const Authorizer& authorizer)
+      : incoming_(incoming), authorizer_(authorizer) {}
   grpc::Status Control(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationControl>* stream) override {
-    return incoming_.control(context, stream);
+    grpc::Status allowed = authorizer_.check(context, "Control");
+    return allowed.ok() ? incoming_.control(context, stream) : allowed;
   }
   grpc::Status Receive(
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<v1::MigrationEvent, v1::MigrationChunk>* stream) override {
-    return incoming_.receive(context, stream);
+    grpc::Status allowed = authorizer_.check(context, "Receive");
+    return allowed.ok() ? incoming_.receive(context, stream) : allowed;
   }
-  grpc::Status Resolve(grpc::ServerContext*, const v1::ResolveRequest* request,
+  grpc::Status Resolve(grpc::ServerContext* context, const v1::ResolveRequest* request,
                        v1::ResolveResponse* response) override {
-    return incoming_.resolve(*request, response);
+    grpc::Status allowed = authorizer_.check(context, "Resolve");
+    return allowed.ok() ? incoming_.resolve(*request, response) : allowed;
   }
 
  private:
   IncomingMigrations& incoming_;
+  const Authorizer& authorizer_;
 };
 
 }  // namespace vmctl::daemon

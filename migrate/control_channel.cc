@@ -28,8 +28,9 @@ Result<std::unique_ptr<ControlChannel>> ControlChannel::open(const std::string& 
                     destination, timeout.count() / 1000));
   }
   if (answer->kind == ControlEvent::Kind::kClosed) {
-    return Error::user(fmt::format("cannot reach the destination vmctld at {}: {}", destination,
-                                   sent ? answer->error : "the connection failed"));
+    return Error::user(
+        fmt::format("cannot reach the destination vmctld at {}: {}", destination,
+                    sent || !answer->error.empty() ? answer->error : "the connection failed"));
   }
   if (answer->kind != ControlEvent::Kind::kAccepted) {
     return Error::user(
@@ -77,8 +78,13 @@ void ControlChannel::read_events() {
   grpc::Status status = stream_->Finish();
   ControlEvent closed;
   closed.kind = ControlEvent::Kind::kClosed;
-  closed.error = status.ok() ? "the destination closed the control stream"
-                             : fmt::format("the control stream broke: {}", status.error_message());
+  if (status.ok()) {
+    closed.error = "the destination closed the control stream";
+  } else if (status.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+    closed.error = "it refused this daemon: " + sanitize_text(status.error_message());
+  } else {
+    closed.error = fmt::format("the control stream broke: {}", status.error_message());
+  }
   std::lock_guard lock(mu_);
   events_.push_back(std::move(closed));
   cv_.notify_all();

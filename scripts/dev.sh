@@ -16,6 +16,7 @@ PACKAGES=(
   capnproto libcapnp-dev libzstd-dev libxxhash-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
   libgtest-dev libcli11-dev libfmt-dev libspdlog-dev nlohmann-json3-dev
+  libtomlplusplus-dev libseccomp-dev
   iproute2 openssl procps
   clang libclang-rt-14-dev
   qemu-system-x86

@@ -1156,8 +1156,6 @@ class Restorer {
     }
     StreamInfo info = TRY(read_header(*first, reader));
     reader.set_guest_memory_size(info.memory_size);
-    contents_.emplace(reader.name(), info.kind, origin_, info.vcpus, options_.budget);
-    TRY(contents_->check_numbering(reader.numbered()));
     if (!vm_) {
       if (info.kind == ps::StreamKind::DIFF_SNAPSHOT) {
         return Error::user(fmt::format(
@@ -1198,6 +1196,11 @@ class Restorer {
             fmt::format("{} describes a different machine than its parent", reader.name()));
       }
     }
+    // Only now, with the machine checked against the host (or the parent), is anything sized by
+    // the header's vCPU count: a hostile header claiming 2^32 vCPUs would otherwise cost 1 GiB
+    // before it is refused.
+    contents_.emplace(reader.name(), info.kind, origin_, info.vcpus, options_.budget);
+    TRY(contents_->check_numbering(reader.numbered()));
     info_ = info;
     records_.clear();
     vcpus_.clear();

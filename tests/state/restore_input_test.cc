@@ -274,6 +274,12 @@ TEST(RestoreInput, MoreVcpusThanAllowedIsRefusedBeforeAllocating) {
   std::string error = restore_from_peer(
       with_header([](ps::Header::Builder h) { h.getGuest().setVcpuCount(100000); }).bytes());
   EXPECT_HAS(error, "migration stream: the guest has 100000 vCPUs, more than");
+  // The most a header can claim: refused before the per-vCPU bookkeeping (two bits per claimed
+  // vCPU, 1 GiB here) is sized by it (found by tests/fuzz/restore_contents_fuzzer).
+  EXPECT_HAS(restore_from_peer(with_header([](ps::Header::Builder h) {
+                                 h.getGuest().setVcpuCount(UINT32_MAX);
+                               }).bytes()),
+             "migration stream: the guest has 4294967295 vCPUs, more than");
   RestoreOptions one;
   one.budget.max_vcpus = 1;
   EXPECT_HAS(
