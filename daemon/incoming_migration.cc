@@ -248,8 +248,11 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
               "--data-connections", std::to_string(m->stream_count)},
              fmt::format("receiving migration {} from {}", m->id, m->source)};
   // The data comes the way the offer came: over this host's unix socket from a local source,
-  // over TCP with the daemon's TLS identity from another host.
-  bool local = context->peer().rfind("unix:", 0) == 0 || limits_.data.listen_host.empty();
+  // over TCP with the daemon's TLS identity from another host. The daemon accepts its unix socket
+  // itself (daemon/unix_listener.h), so gRPC names those peers "fd:N".
+  const std::string peer = context->peer();
+  bool local =
+      peer.rfind("fd:", 0) == 0 || peer.rfind("unix:", 0) == 0 || limits_.data.listen_host.empty();
   if (local) {
     how.args.insert(how.args.end(), {"--data-socket", data_socket_path(m->id)});
   } else {
