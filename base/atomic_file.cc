@@ -2,7 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -34,24 +34,30 @@ std::string hex16(uint64_t v) {
   return buf;
 }
 
-// The pid in a temporary file's name after its prefix ("<pid>-<16 hex>"), or 0 if the rest does
-// not follow the pattern.
-pid_t pid_of_temp_name(std::string_view rest) {
+// Whether the rest of a temporary file's name after its prefix follows "<pid>-<16 hex>".
+bool is_temp_name(std::string_view rest) {
   size_t dash = rest.find('-');
-  if (dash == 0 || dash == std::string_view::npos || dash > 9) return 0;
+  if (dash == 0 || dash == std::string_view::npos || dash > 9) return false;
   std::string_view pid = rest.substr(0, dash), random = rest.substr(dash + 1);
-  if (random.size() != 16) return 0;
+  if (random.size() != 16) return false;
   for (char c : pid) {
-    if (c < '0' || c > '9') return 0;
+    if (c < '0' || c > '9') return false;
   }
   for (char c : random) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return 0;
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
   }
-  return static_cast<pid_t>(std::stol(std::string(pid)));
+  return true;
 }
 
-bool process_runs(pid_t pid) {
-  return ::kill(pid, 0) == 0 || errno == EPERM;
+// Whether a writer still holds the temporary file at `path` (its flock). Something that is not a
+// regular file we can open without following a link (a planted symlink) has no writer.
+bool in_use(const std::string& path) {
+  int raw = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (raw < 0) return errno != ELOOP && errno != ENOENT;
+  Fd fd(raw);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  return ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
 }
 
 Status write_all(int fd, std::string_view data, const std::string& path) {
@@ -102,7 +108,12 @@ Result<TempFile> create_temp_file(const std::string& target,
   for (int attempt = 0; attempt < kAttempts && err == EEXIST; ++attempt) {
     std::string path = prefix + hex16(random());
     int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd >= 0) return TempFile{Fd(fd), std::move(path)};
+    if (fd >= 0) {
+      // Held until the file is renamed into place or removed: how a later writer tells a file
+      // in use from a leftover (a pid would not do: VM processes have their own PID namespaces).
+      ::flock(fd, LOCK_EX | LOCK_NB);
+      return TempFile{Fd(fd), std::move(path)};
+    }
     err = errno;
   }
   if (err == EEXIST) {
@@ -124,8 +135,9 @@ int remove_stale_temp_files(const std::string& target) {
   while (dirent* entry = ::readdir(d)) {
     std::string_view name = entry->d_name;
     if (name.substr(0, prefix.size()) != prefix) continue;
-    pid_t pid = pid_of_temp_name(name.substr(prefix.size()));
-    if (pid > 0 && pid != ::getpid() && !process_runs(pid)) stale.emplace_back(name);
+    if (is_temp_name(name.substr(prefix.size())) && !in_use(dir + "/" + std::string(name))) {
+      stale.emplace_back(name);
+    }
   }
   ::closedir(d);
   int removed = 0;
@@ -138,10 +150,12 @@ int remove_stale_temp_files(const std::string& target) {
 
 Status commit_temp_file(TempFile& temp, const std::string& target) {
   if (::fsync(temp.fd.get()) != 0) return Error::from_errno("fsync " + temp.path, errno);
-  temp.fd.reset();
+  // Closed (its lock released) only once renamed: a writer cleaning up leftovers meanwhile must
+  // see it in use.
   if (::rename(temp.path.c_str(), target.c_str()) != 0) {
     return Error::from_errno("renaming " + temp.path + " to " + target, errno);
   }
+  temp.fd.reset();
   // The rename is durable only once the directory is.
   Status synced = fsync_directory(directory_of(target));
   if (!synced.ok()) {

@@ -6,11 +6,13 @@
 //
 //   F.tmp-<pid>-<16 hex digits>      e.g. web1.snap.tmp-4711-9f3c02a1d8e4b765
 //
-// with the writer's pid (so a leftover can be attributed to the process that left it) and a random
-// part (so nobody else who can write to the directory can predict the name and plant a file or a
-// symlink there first). It is created with O_CREAT|O_EXCL|O_NOFOLLOW and mode 0600: it is always a
-// new file, never one that existed, never reached through a symlink. A writer that crashes leaves
-// its temporary file behind; the next writer of F removes the leftovers whose pid no longer runs.
+// with the writer's pid (so an operator can attribute a leftover) and a random part (so nobody
+// else who can write to the directory can predict the name and plant a file or a symlink there
+// first). It is created with O_CREAT|O_EXCL|O_NOFOLLOW and mode 0600: it is always a new file,
+// never one that existed, never reached through a symlink. Its writer holds an flock on it until
+// it is renamed into place. A writer that crashes leaves its temporary file behind, unlocked; the
+// next writer of F removes the leftovers nobody holds (the pid cannot tell: a VM process sees
+// itself as pid 1 in its own PID namespace, and other processes' pids not at all).
 #pragma once
 
 #include <cstdint>
@@ -45,9 +47,8 @@ Result<TempFile> create_temp_file(const std::string& target);
 Result<TempFile> create_temp_file(const std::string& target,
                                   const std::function<uint64_t()>& random);
 
-// Removes the temporary files of `target` whose writer (the pid in the name) no longer runs;
-// returns how many it removed. Files of running processes, and names that do not follow the
-// pattern, are left alone.
+// Removes the temporary files of `target` that no writer holds (flock); returns how many it
+// removed. Files being written, and names that do not follow the pattern, are left alone.
 int remove_stale_temp_files(const std::string& target);
 
 // fsyncs `temp`, closes it, renames it over `target` and fsyncs the directory.

@@ -37,6 +37,7 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   run->add_option("--control", o.control,
                   "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
   add_dirty_tracking_options(run, o.dirty_tracking, o.dirty_ring_entries);
+  add_sandbox_options(run, o.sandbox);
   return run;
 }
 
@@ -72,6 +73,7 @@ Result<uint64_t> guest_memory_limit(const std::string& max) {
 }
 
 int run_vm(const RunOptions& o) {
+  if (int rc = enter_sandbox(o.sandbox, {o.kernel, o.initrd}); rc != 0) return rc;
   Result<uint64_t> memory = parse_size(o.memory);
   if (!memory.ok()) {
     std::fprintf(stderr, "vmctl: --memory: %s\n", memory.error().message().c_str());

@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/sandbox_options.h"
 #include "vmm/vm.h"
 #include "vmprocess/console.h"
 
@@ -25,6 +26,7 @@ struct RunOptions {
   std::string max_guest_memory;
   std::string dirty_tracking = "auto";
   uint32_t dirty_ring_entries = 0;
+  SandboxFlags sandbox;
 };
 
 // --dirty-tracking and --dirty-ring-entries, shared by run, restore and receive.

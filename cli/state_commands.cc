@@ -88,6 +88,7 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "rate (default: warn and use the host's rate)");
   c.restore->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
   add_dirty_tracking_options(c.restore, o.dirty_tracking, o.dirty_ring_entries);
+  add_sandbox_options(c.restore, o.sandbox);
   c.restore->footer(
       "The guest continues where the snapshot was taken, console on this terminal.\n\n"
       "Example:\n"
@@ -132,10 +133,12 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   add_console_log_options(c.receive, o.console_log, o.console_log_max);
   add_guest_memory_limit(c.receive, o.max_guest_memory);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
+  add_sandbox_options(c.receive, o.sandbox);
   return c;
 }
 
 int receive_command(const StateOptions& o) {
+  if (int rc = enter_sandbox(o.sandbox, {o.tls_ca, o.tls_cert, o.tls_key}); rc != 0) return rc;
   vmprocess::ReceiveOptions options;
   options.stream_fd = o.stream_fd;
   options.migration_id = o.migration_id;
@@ -191,6 +194,7 @@ int snapshot_command(StateOptions& o) {
 }
 
 int restore_command(const StateOptions& o) {
+  if (int rc = enter_sandbox(o.sandbox, o.chain); rc != 0) return rc;
   vmprocess::block_stop_signals();
   Result<std::function<void(const uint8_t*, size_t)>> console =
       vmprocess::console_output(o.console_log, o.console_log_max);

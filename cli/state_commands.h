@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "cli/sandbox_options.h"
+
 #include "vmprocess/console.h"
 
 namespace vmctl::cli {
@@ -40,6 +42,7 @@ struct StateOptions {
   unsigned vcpus = 0;
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
   uint32_t dirty_ring_entries = 0;
+  SandboxFlags sandbox;  // restore, receive
 };
 
 struct StateCommands {

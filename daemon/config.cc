@@ -1,5 +1,7 @@
 #include "daemon/config.h"
 
+#include <pwd.h>
+
 #include <grp.h>
 
 #include <fstream>
@@ -91,6 +93,36 @@ Status parse_socket(const std::string& name, const toml::table& socket, DaemonCo
   return ok_status();
 }
 
+Status parse_sandbox(const std::string& name, const toml::table& sandbox, DaemonConfig& config) {
+  TRY(reject_unknown(name, sandbox, "sandbox", {"jail", "seccomp", "user"}));
+  if (const toml::node* jail = sandbox.get("jail")) {
+    std::optional<bool> value = jail->value<bool>();
+    if (!value)
+      return Error::user(fmt::format("{}: sandbox.jail must be true or false", where(name, *jail)));
+    config.sandbox.jail = *value;
+  }
+  if (const toml::node* seccomp = sandbox.get("seccomp")) {
+    std::optional<std::string> value = seccomp->value<std::string>();
+    if (!value || (*value != "enforce" && *value != "log" && *value != "off")) {
+      return Error::user(fmt::format("{}: sandbox.seccomp must be \"enforce\", \"log\" or \"off\"",
+                                     where(name, *seccomp)));
+    }
+    config.sandbox.seccomp = *value;
+  }
+  if (const toml::node* user = sandbox.get("user")) {
+    std::optional<std::string> value = user->value<std::string>();
+    passwd* pw = value ? ::getpwnam(value->c_str()) : nullptr;
+    if (!pw) {
+      return Error::user(
+          fmt::format("{}: sandbox.user must name a user of this host", where(name, *user)));
+    }
+    config.sandbox.uid = pw->pw_uid;
+    config.sandbox.gid = pw->pw_gid;
+    config.sandbox.user = *value;
+  }
+  return ok_status();
+}
+
 }  // namespace
 
 Result<DaemonConfig> parse_daemon_config(const std::string& text, const std::string& name) {
@@ -101,9 +133,9 @@ Result<DaemonConfig> parse_daemon_config(const std::string& text, const std::str
     return Error::user(
         fmt::format("{}:{}: {}", name, e.source().begin.line, sanitize_text(e.description())));
   }
-  TRY(reject_unknown(name, root, "", {"roles", "paths", "socket"}));
+  TRY(reject_unknown(name, root, "", {"roles", "paths", "socket", "sandbox"}));
   DaemonConfig config;
-  for (const char* section : {"roles", "paths", "socket"}) {
+  for (const char* section : {"roles", "paths", "socket", "sandbox"}) {
     const toml::node* node = root.get(section);
     if (node && !node->is_table()) {
       return Error::user(
@@ -122,6 +154,9 @@ Result<DaemonConfig> parse_daemon_config(const std::string& text, const std::str
   }
   if (const toml::table* socket = root["socket"].as_table()) {
     TRY(parse_socket(name, *socket, config));
+  }
+  if (const toml::table* sandbox = root["sandbox"].as_table()) {
+    TRY(parse_sandbox(name, *sandbox, config));
   }
   return config;
 }

@@ -16,6 +16,15 @@
 
 namespace vmctl::daemon {
 
+// [sandbox]: how VM processes are confined (vmprocess/jail.h, vmprocess/seccomp_filter.h).
+struct SandboxConfig {
+  bool jail = true;                 // own PID and mount namespace, pivot_root, capabilities
+  std::string seccomp = "enforce";  // enforce, log or off
+  std::string user;                 // "" = the daemon's user
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
 struct DaemonConfig {
   // [roles]: identity -> roles; nullopt: Authorizer::defaults().
   std::optional<std::map<std::string, Roles>> grants;
@@ -25,6 +34,7 @@ struct DaemonConfig {
   // [socket]
   mode_t socket_mode = 0600;
   std::optional<gid_t> socket_group;
+  SandboxConfig sandbox;
 };
 
 // Parses the file; errors name the file, the line and the key.

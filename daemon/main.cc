@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include <fmt/format.h>
@@ -16,6 +17,7 @@
 #include <CLI/CLI.hpp>
 
 #include "base/alloc.h"
+#include "base/path.h"
 #include "base/rotating_log.h"
 #include "base/size.h"
 #include "daemon/config.h"
@@ -51,6 +53,35 @@ vmctl::Result<vmctl::daemon::AccessPolicy> access_policy(
         TRY(PathPolicy::under(*config.migration_sockets, "paths.migration_sockets"));
   }
   return access;
+}
+
+// [sandbox] and the path policy as the VM processes' sandbox (daemon/config.md).
+vmctl::daemon::VmSandbox vm_sandbox(const vmctl::daemon::SandboxConfig& config,
+                                    const vmctl::daemon::AccessPolicy& access,
+                                    const vmctl::daemon::TlsFiles& tls,
+                                    const std::string& data_socket_dir) {
+  vmctl::daemon::VmSandbox sandbox;
+  sandbox.jail = config.jail && ::geteuid() == 0;
+  if (config.jail && !sandbox.jail) {
+    spdlog::warn("vmctld is not root: its VM processes run without their namespaces and jail");
+  }
+  sandbox.seccomp = config.seccomp;
+  sandbox.user = config.user;
+  sandbox.uid = config.uid;
+  sandbox.gid = config.gid;
+  if (!access.paths.unrestricted()) {
+    sandbox.writable = access.paths.roots();
+    if (!access.migration_sockets.unrestricted()) {
+      for (const std::string& root : access.migration_sockets.roots()) {
+        sandbox.writable.push_back(root);
+      }
+    }
+    sandbox.writable.push_back(data_socket_dir);
+    for (const std::string& file : {tls.ca, tls.cert, tls.key}) {
+      if (!file.empty()) sandbox.read_only.push_back(vmctl::absolute_path(file));
+    }
+  }
+  return sandbox;
 }
 
 }  // namespace
@@ -147,8 +178,19 @@ int main(int argc, char** argv) {
                  access.error().message().c_str());
     return 2;
   }
+  if (!config.sandbox.user.empty() && (access->paths.unrestricted() || !config.sandbox.jail)) {
+    // Outside a jail the VM's folder sits below the daemon's private state directory, which
+    // another user cannot reach.
+    std::fprintf(stderr,
+                 "vmctld: %s: [sandbox] user needs the jail: set [paths] allowed (and keep "
+                 "[sandbox] jail = true)\n",
+                 config_path.c_str());
+    return 2;
+  }
   daemon::PeerCredentials unix_peers;
   access->authorizer.set_peer_credentials(&unix_peers);
+  std::string data_socket_dir = manager_options.state_dir + "/data";
+  manager_options.sandbox = vm_sandbox(config.sandbox, *access, tls, data_socket_dir);
   // The signals that stop the daemon are taken by a thread of their own (blocked everywhere else,
   // including gRPC's threads, which inherit the mask).
   sigset_t stop_signals;
@@ -182,7 +224,20 @@ int main(int argc, char** argv) {
     incoming_limits.data.listen_host = host;
   }
   incoming_limits.data.tls = migrate::TlsConfig{tls.ca, tls.cert, tls.key};
-  incoming_limits.data.socket_dir = manager_options.state_dir + "/migrations";
+  // Its own folder: the only part of the state directory a jailed VM process sees.
+  if (::mkdir(data_socket_dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    std::fprintf(stderr, "vmctld: cannot create %s: %s\n", data_socket_dir.c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
+  if (!manager_options.sandbox.user.empty() &&
+      ::chown(data_socket_dir.c_str(), manager_options.sandbox.uid, manager_options.sandbox.gid) !=
+          0) {
+    std::fprintf(stderr, "vmctld: chown %s to the sandbox user: %s\n", data_socket_dir.c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
+  incoming_limits.data.socket_dir = data_socket_dir;
   daemon::IncomingMigrations incoming(**manager, *journal, incoming_limits);
   daemon::OutgoingMigrations outgoing(**manager, *journal,
                                       migrate::TlsConfig{tls.ca, tls.cert, tls.key});
@@ -249,6 +304,15 @@ int main(int argc, char** argv) {
         "callers may name files anywhere on this host ([paths] allowed in --config "
         "restricts them)");
   }
+  const daemon::VmSandbox& sandbox = manager_options.sandbox;
+  spdlog::info("VM processes: {}; seccomp {}{}",
+               !sandbox.jail ? "no namespaces (the sandbox's jail is off or vmctld is not root)"
+               : sandbox.writable.empty()
+                   ? "own PID and mount namespace, capabilities dropped, the host's files "
+                     "visible ([paths] allowed is unrestricted)"
+                   : "own PID and mount namespace, capabilities dropped, a new root holding only "
+                     "[paths] allowed",
+               sandbox.seccomp, sandbox.user.empty() ? "" : ", as user " + sandbox.user);
 
   std::thread stopper([&] {
     int sig = 0;

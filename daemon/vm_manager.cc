@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,10 +19,9 @@
 #include "base/atomic_file.h"
 #include "base/text.h"
 #include "daemon/vm_record.h"
+#include "daemon/vm_spawn.h"
 #include "vmm/dirty_pages.h"
 #include "vmprocess/control_client.h"
-
-extern char** environ;
 
 namespace vmctl::daemon {
 namespace {
@@ -219,7 +217,11 @@ Status VmManager::load() {
       Result<nlohmann::json> status =
           alive ? vmprocess::control_request(socket_path(name), {{"op", "status"}}, quick)
                 : Result<nlohmann::json>(Error::user("no process"));
-      if (status.ok() && status->value("pid", 0) == e->pid) {
+      // The socket's owner as this daemon sees it (the VM process's own pid is 1 in its PID
+      // namespace), so a stale socket of another process is never taken for this VM.
+      Result<pid_t> owner = status.ok() ? vmprocess::control_socket_pid(socket_path(name), quick)
+                                        : Result<pid_t>(Error::user("no answer"));
+      if (owner.ok() && *owner == e->pid) {
         // A VM in a migration keeps its state: the migration's own recovery settles it.
         if (!in_migration(e->state)) {
           e->state = status->value("paused", false) ? v1::VM_STATE_PAUSED : v1::VM_STATE_RUNNING;
@@ -276,50 +278,45 @@ Result<v1::VmInfo> VmManager::create(const std::string& name, const v1::VmConfig
 
 Result<pid_t> VmManager::spawn(const std::string& name, const std::vector<std::string>& args,
                                const std::vector<int>& inherit_fds) {
-  std::vector<std::string> argv_storage = {options_.vmctl_binary};
-  argv_storage.insert(argv_storage.end(), args.begin(), args.end());
-  argv_storage.insert(argv_storage.end(),
+  SpawnRequest request;
+  request.argv = {options_.vmctl_binary};
+  request.argv.insert(request.argv.end(), args.begin(), args.end());
+  request.argv.insert(request.argv.end(),
                       {"--control", socket_path(name), "--console-log", console_path(name),
                        "--console-log-max", options_.console_log_max});
   if (options_.max_guest_memory) {
-    argv_storage.insert(argv_storage.end(),
+    request.argv.insert(request.argv.end(),
                         {"--max-guest-memory", std::to_string(options_.max_guest_memory)});
   }
-  std::vector<char*> argv;
-  for (std::string& a : argv_storage) argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::string log = log_path(name);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(),
-                                   O_WRONLY | O_CREAT | O_APPEND, 0640);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  // Descriptors the VM process takes over (the migration stream) become 3, 4, ...
-  for (size_t i = 0; i < inherit_fds.size(); ++i) {
-    posix_spawn_file_actions_adddup2(&actions, inherit_fds[i], static_cast<int>(3 + i));
+  const VmSandbox& sandbox = options_.sandbox;
+  request.argv.insert(request.argv.end(), {"--seccomp", sandbox.seccomp});
+  if (!sandbox.user.empty()) {
+    // Its folder is where it makes its control socket and console log.
+    if (::chown(vm_dir(name).c_str(), sandbox.uid, sandbox.gid) != 0) {
+      return Error::from_errno(
+          fmt::format("chown {} to the sandbox user {}", vm_dir(name), sandbox.user), errno);
+    }
+    request.argv.insert(request.argv.end(),
+                        {"--user", fmt::format("{}:{}", sandbox.uid, sandbox.gid)});
   }
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t none, defaults;
-  sigemptyset(&none);
-  sigemptyset(&defaults);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE, SIGCHLD}) sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  // Its own session: a VM survives the daemon's terminal and the daemon's restart.
-  posix_spawnattr_setflags(&attr,
-                           POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  pid_t pid = 0;
-  int r = ::posix_spawn(&pid, options_.vmctl_binary.c_str(), &actions, &attr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
-  if (r != 0) {
-    return Error::failure(
-        fmt::format("starting {} for VM {}: {}", options_.vmctl_binary, name, std::strerror(r)));
+  if (sandbox.jail) {
+    request.new_namespaces = true;
+    request.argv.push_back("--drop-capabilities");
+    if (!sandbox.writable.empty()) {
+      std::string root = vm_dir(name) + "/root";
+      TRY(make_dir(root, 0700));
+      request.argv.insert(request.argv.end(), {"--jail", root, "--jail-bind", vm_dir(name)});
+      for (const std::string& path : sandbox.writable) {
+        request.argv.insert(request.argv.end(), {"--jail-bind", path});
+      }
+      for (const std::string& path : sandbox.read_only) {
+        request.argv.insert(request.argv.end(), {"--jail-read-only", path});
+      }
+    }
   }
-  return pid;
+  request.log_path = log_path(name);
+  request.inherit_fds = inherit_fds;
+  return TRY_CTX(spawn_vm_process(request), fmt::format("VM {}", name));
 }
 
 std::string VmManager::last_log_line(const std::string& name) const {
@@ -354,6 +351,11 @@ void VmManager::watch_child(std::string name, pid_t pid) {
     e->state = v1::VM_STATE_FAILED;
     e->error = fmt::format("the VM process {} was killed by signal {} ({})", pid, WTERMSIG(status),
                            strsignal(WTERMSIG(status)));
+    if (WTERMSIG(status) == SIGSYS) {
+      e->error +=
+          ": it made a system call outside its seccomp allowlist ([sandbox] seccomp = \"log\" "
+          "in vmctld's --config lets it through and has the kernel log which)";
+    }
   } else {
     e->exit_code = WEXITSTATUS(status);
     e->state = v1::VM_STATE_STOPPED;
@@ -441,6 +443,7 @@ void VmManager::forget(const std::string& name, pid_t pid) {
   for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
     ::unlink((vm_dir(name) + f).c_str());
   }
+  ::rmdir((vm_dir(name) + "/root").c_str());  // the jail's mount point (vm_spawn.h)
   ::rmdir(vm_dir(name).c_str());
   lock.lock();
   if (find_shared(name) == e) vms_.erase(name);
@@ -451,6 +454,13 @@ Status VmManager::set_migration_state(const std::string& name, v1::VmState state
                                       const std::string& migration_id, const std::string& detail) {
   std::lock_guard lock(mu_);
   Entry* e = TRY(find_or_error(name));
+  if (is_live(state) && e->pid == 0) {
+    // Its process ended meanwhile (the watcher recorded how): a migration that finishes after
+    // that must not report a VM running that no process runs.
+    return Error::conflict(fmt::format("VM {}: its process has ended ({}): it is not {}", name,
+                                       e->error.empty() ? vm_state_name(e->state) : e->error,
+                                       vm_state_name(state)));
+  }
   e->state = state;
   e->migration_id = migration_id;
   if (state == v1::VM_STATE_MIGRATED) e->migrated_to = detail;
@@ -648,6 +658,7 @@ Result<v1::VmInfo> VmManager::remove(const std::string& name) {
        {"/vm.json", "/console.log", "/console.log.1", "/vmctl.log", "/control.sock"}) {
     ::unlink((vm_dir(name) + f).c_str());
   }
+  ::rmdir((vm_dir(name) + "/root").c_str());  // the jail's mount point (vm_spawn.h)
   ::rmdir(vm_dir(name).c_str());
   spdlog::info("VM {}: deleted", name);
   return last;

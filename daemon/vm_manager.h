@@ -29,11 +29,26 @@ namespace vmctl::daemon {
 
 namespace v1 = ::vmctl::v1;
 
+// How VM processes are confined ([sandbox] of daemon/config.md; vmprocess/jail.h).
+struct VmSandbox {
+  bool jail = false;  // own PID and mount namespace, capabilities dropped
+  std::string seccomp = "enforce";
+  std::string user;  // "" = the daemon's user
+  uid_t uid = 0;
+  gid_t gid = 0;
+  // Bound read-write into every VM's new root besides its folder: the allowed directories and
+  // the receiving data sockets' folder. Empty: the paths are unrestricted, so the VM process
+  // keeps the host's file system (a new root would have to hold all of it).
+  std::vector<std::string> writable;
+  std::vector<std::string> read_only;  // the daemon's TLS files
+};
+
 struct ManagerOptions {
   std::string state_dir;
   std::string vmctl_binary;            // the `vmctl` that runs each VM
   std::string console_log_max = "8M";  // each VM's console.log cap (vmctl --console-log-max)
   uint64_t max_guest_memory = 0;       // the largest guest this host runs; 0: its RAM
+  VmSandbox sandbox;
 };
 
 // How a VM process is started: the vmctl verb and its arguments (without the control socket and

@@ -174,6 +174,16 @@ Result<nlohmann::json> control_request(const std::string& path, const nlohmann::
   return answer;
 }
 
+Result<pid_t> control_socket_pid(const std::string& path, const ControlTimeouts& timeouts) {
+  Fd conn = TRY(connect_to(path, timeouts.connect));
+  ucred cred{};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(conn.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+    return Error::from_errno(fmt::format("SO_PEERCRED on {}", path), errno);
+  }
+  return cred.pid;
+}
+
 Result<ControlStream> ControlStream::open(const std::string& path, const nlohmann::json& request,
                                           const ControlTimeouts& timeouts) {
   Fd conn = TRY(connect_to(path, timeouts.connect));

@@ -32,6 +32,11 @@ Result<nlohmann::json> control_request(const std::string& path, const nlohmann::
                                        const ControlTimeouts& timeouts = {},
                                        bool* delivered = nullptr);
 
+// The pid, as this process sees it, of the process that listens on the control socket at `path`
+// (SO_PEERCRED): which process a socket belongs to, also across PID namespaces, where the VM
+// process's own getpid() says 1.
+Result<pid_t> control_socket_pid(const std::string& path, const ControlTimeouts& timeouts = {});
+
 // A request whose answer is a stream of lines (the migrate operation's progress), on a connection
 // that stays open in both directions: the caller reads lines and may send more of its own.
 class ControlStream {

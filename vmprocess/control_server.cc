@@ -17,6 +17,7 @@
 #include "state/cpu_features.h"
 #include "state/vm_state.h"
 #include "vmprocess/control_client.h"
+#include "vmprocess/seccomp_filter.h"
 
 namespace vmctl::vmprocess {
 namespace {
@@ -256,6 +257,7 @@ nlohmann::json ControlServer::handle(const ControlRequest& request) {
       vm_.stop();
       return {{"ok", true}};
     case ControlOp::kPause: {
+      fault_forbidden_syscall();  // the sandbox test's stand-in for an exploited device model
       std::lock_guard lock(mu_);
       if (!paused_by_us_) vm_.pause();
       paused_by_us_ = true;

@@ -89,11 +89,17 @@ TEST_F(AtomicFile, PlantedSymlinkAtTheTempNameIsNotFollowed) {
   std::string target = path("vm.snap");
   std::string victim = path("victim"), missing = path("would-be-created");
   write(victim, "precious");
-  ASSERT_EQ(symlink(victim.c_str(), temp_name(target, 1).c_str()), 0);
-  ASSERT_EQ(symlink(missing.c_str(), temp_name(target, 2).c_str()), 0);
   std::vector<uint64_t> sequence = {1, 2, 3};
   size_t next = 0;
-  Result<TempFile> temp = create_temp_file(target, [&] { return sequence[next++]; });
+  // Planted once the leftovers are cleaned up (they would go with them): when the first name is
+  // chosen, as an attacker racing the writer would.
+  Result<TempFile> temp = create_temp_file(target, [&] {
+    if (next == 0) {
+      EXPECT_EQ(symlink(victim.c_str(), temp_name(target, 1).c_str()), 0);
+      EXPECT_EQ(symlink(missing.c_str(), temp_name(target, 2).c_str()), 0);
+    }
+    return sequence[next++];
+  });
   ASSERT_TRUE(temp.ok()) << temp.error().message();
   EXPECT_EQ(temp->path, temp_name(target, 3)) << "a planted name must be skipped";
   ASSERT_EQ(::write(temp->fd.get(), "mine", 4), 4);
@@ -106,10 +112,12 @@ TEST_F(AtomicFile, PlantedSymlinkAtTheTempNameIsNotFollowed) {
 
 TEST_F(AtomicFile, PreexistingTempFileIsNotReused) {
   std::string target = path("vm.json");
-  write(temp_name(target, 7), "planted");
   std::vector<uint64_t> sequence = {7, 8};
   size_t next = 0;
-  Result<TempFile> temp = create_temp_file(target, [&] { return sequence[next++]; });
+  Result<TempFile> temp = create_temp_file(target, [&] {
+    if (next == 0) write(temp_name(target, 7), "planted");
+    return sequence[next++];
+  });
   ASSERT_TRUE(temp.ok()) << temp.error().message();
   EXPECT_EQ(temp->path, temp_name(target, 8));
   ASSERT_TRUE(commit_temp_file(*temp, target).ok());
@@ -118,30 +126,35 @@ TEST_F(AtomicFile, PreexistingTempFileIsNotReused) {
 
 TEST_F(AtomicFile, NamesThatAllExistAreAnErrorNotAnEndlessLoop) {
   std::string target = path("vm.json");
-  write(temp_name(target, 5), "planted");
-  Result<TempFile> temp = create_temp_file(target, [] { return uint64_t{5}; });
+  bool planted = false;
+  Result<TempFile> temp = create_temp_file(target, [&] {
+    if (!planted) write(temp_name(target, 5), "planted");
+    planted = true;
+    return uint64_t{5};
+  });
   ASSERT_FALSE(temp.ok());
   EXPECT_NE(temp.error().message().find(target), std::string::npos) << temp.error().message();
 }
 
-TEST_F(AtomicFile, LeftoversOfDeadWritersAreRemovedWhenTheTargetIsNextWritten) {
+TEST_F(AtomicFile, LeftoversNobodyHoldsAreRemovedWhenTheTargetIsNextWritten) {
   std::string target = path("vm.snap");
-  pid_t dead = dead_pid();
   std::string base = "vm.snap.tmp-";
-  std::string dead_left = base + std::to_string(dead) + "-0123456789abcdef";
-  std::string live_left = base + "1-0123456789abcdef";  // pid 1 runs
-  std::string own_left = base + std::to_string(getpid()) + "-00000000000000aa";
-  std::string not_ours = base + std::to_string(dead) + "-short";
-  std::string other_target = "vm.snapshot.tmp-" + std::to_string(dead) + "-0123456789abcdef";
-  for (const std::string& n : {dead_left, live_left, own_left, not_ours, other_target}) {
-    write(path(n), "x");
-  }
-  ASSERT_EQ(symlink("/etc/passwd", path(base + std::to_string(dead) + "-fedcba9876543210").c_str()),
-            0);
+  // A crashed writer's file: nobody holds it, whatever pid its name says (even a running one).
+  std::string dead_left = base + std::to_string(dead_pid()) + "-0123456789abcdef";
+  std::string pid1_left = base + "1-0123456789abcdef";
+  std::string not_ours = base + std::to_string(dead_pid()) + "-short";
+  std::string other_target = "vm.snapshot.tmp-" + std::to_string(dead_pid()) + "-0123456789abcdef";
+  for (const std::string& n : {dead_left, pid1_left, not_ours, other_target}) write(path(n), "x");
+  ASSERT_EQ(symlink("/etc/passwd", path(base + "77-fedcba9876543210").c_str()), 0);
+  // A writer at work (another process would hold it the same way).
+  Result<TempFile> busy = create_temp_file(target);
+  ASSERT_TRUE(busy.ok()) << busy.error().message();
+  std::string busy_name = busy->path.substr(dir_.size() + 1);
+
   Result<TempFile> temp = create_temp_file(target);
   ASSERT_TRUE(temp.ok()) << temp.error().message();
   ASSERT_TRUE(commit_temp_file(*temp, target).ok());
-  std::vector<std::string> expected = {live_left, own_left, not_ours, "vm.snap", other_target};
+  std::vector<std::string> expected = {busy_name, not_ours, "vm.snap", other_target};
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(entries(), expected);
   EXPECT_EQ(access("/etc/passwd", F_OK), 0);

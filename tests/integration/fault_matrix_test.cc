@@ -262,6 +262,25 @@ TEST_F(FaultMatrix, ReceivingProcessKilledBetweenSwitchoverAndResumed) {
   stop_vm(name);
 }
 
+TEST_F(FaultMatrix, ReceivingProcessKilledAfterItResumedTheVm) {
+  with_faults(B(), {"VMCTL_FAULT_HOLD=dest-before-resumed:3000"});
+  small_guest();
+  AsyncMigration m(A(), to_b());
+  ASSERT_TRUE(wait_log(B(), "fault: holding at dest-before-resumed"));
+  // The switchover is committed and the VM ran on B: its state has moved on from A's paused
+  // copy, so the source must not resume. The VM is lost, and every side says so.
+  kill_pid(receiving_process());
+  MigrationResult r = m.wait();
+  // OK (B resumed it before it died) or DATA_LOSS (B lost it before resuming): either way the
+  // destination took it over, and A must not bring back its stale copy.
+  EXPECT_TRUE(r.status.ok() || r.status.error_code() == grpc::StatusCode::DATA_LOSS)
+      << r.status.error_message();
+  EXPECT_TRUE(A().wait_state(name, v1::VM_STATE_MIGRATED, 30s)) << A().get(name).DebugString();
+  EXPECT_TRUE(B().wait_state(name, v1::VM_STATE_FAILED, 30s)) << B().get(name).DebugString();
+  expect_no_copy(name);
+  stop_vm(name);
+}
+
 // ------------------------------------------------------------------ the source VM process dies
 
 TEST_F(FaultMatrix, SourceProcessKilledMidRound) {
@@ -372,6 +391,64 @@ TEST_F(FaultMatrix, LinkCutDuringPrecopy) {
   EXPECT_LT(seconds, 30) << "a dead link must be noticed by keepalive, not the TCP timeout";
   link(true);
   expect_one_copy(name, hosts->root_a());
+  stop_vm(name);
+}
+
+TEST_F(FaultMatrix, LinkCutInRoundZero) {
+  big_guest();
+  bool cut = false;
+  MigrationResult r = migrate(A(), endless(), [&](const auto& p) {
+    if (p.phase() == "precopy" && p.round() == 0 && !cut) {
+      cut = true;
+      link(false);
+    }
+  });
+  expect_failed(r);
+  EXPECT_TRUE(cut) << "round 0 reported no progress";
+  link(true);
+  expect_one_copy(name, hosts->root_a());
+  stop_vm(name);
+}
+
+TEST_F(FaultMatrix, LinkCutWhileWaitingForReady) {
+  with_faults(B(), {"VMCTL_FAULT_HOLD=dest-before-ready:3000"});
+  small_guest();
+  AsyncMigration m(A(), to_b());
+  ASSERT_TRUE(wait_log(B(), "fault: holding at dest-before-ready"));
+  link(false);  // READY cannot arrive; nothing was switched over
+  MigrationResult r = m.wait();
+  expect_failed(r);
+  std::this_thread::sleep_for(2s);
+  link(true);
+  expect_one_copy(name, hosts->root_a(), 60s);
+  stop_vm(name);
+}
+
+TEST_F(FaultMatrix, LinkCutBetweenSwitchoverAndResumed) {
+  with_faults(B(), {"VMCTL_FAULT_HOLD=dest-after-switchover:3000"});
+  small_guest();
+  AsyncMigration m(A(), to_b());
+  ASSERT_TRUE(wait_log(B(), "fault: holding at dest-after-switchover"));
+  link(false);  // SWITCHOVER is at B, B has not committed, and no answer can reach A
+  MigrationResult r = m.wait();
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_EQ(A().get(name).state(), v1::VM_STATE_MIGRATION_IN_DOUBT)
+      << "A cannot know whether B resumed";
+  for (const GuestCopy& c : guest_copies({hosts->root_a()}, name)) {
+    EXPECT_FALSE(c.runs()) << "in doubt, the source never resumes on its own: " << c.describe();
+  }
+  link(true);
+  // The daemons settle it by the migration id, whichever way B went: A's answer and the
+  // processes on both hosts must agree on one running copy.
+  auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (A().get(name).state() == v1::VM_STATE_MIGRATION_IN_DOUBT &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(100ms);
+  }
+  v1::VmState settled = A().get(name).state();
+  ASSERT_TRUE(settled == v1::VM_STATE_MIGRATED || settled == v1::VM_STATE_RUNNING)
+      << A().get(name).DebugString();
+  expect_one_copy(name, settled == v1::VM_STATE_MIGRATED ? hosts->root_b() : hosts->root_a(), 60s);
   stop_vm(name);
 }
 

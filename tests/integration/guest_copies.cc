@@ -94,7 +94,10 @@ std::vector<GuestCopy> guest_copies(const std::vector<std::string>& roots, const
             vmprocess::control_request(control, {{"op", "status"}},
                                        vmprocess::ControlTimeouts{std::chrono::milliseconds(500),
                                                                   std::chrono::milliseconds(2000)});
-        if (status.ok() && status->value("pid", 0) == pid) {
+        // The socket's owner (SO_PEERCRED): the VM process's own pid is 1 in its namespace.
+        Result<pid_t> owner = status.ok() ? vmprocess::control_socket_pid(control)
+                                          : Result<pid_t>(Error::user("no answer"));
+        if (owner.ok() && *owner == pid) {
           c.answers = true;
           c.paused = status->value("paused", false);
         }

@@ -101,7 +101,13 @@ TEST_P(HaltedGuest, SnapshotMigrateAndCancelEnd) {
     ASSERT_EQ(m.wait_for(60s), std::future_status::ready) << "the cancelled migration hangs";
     EXPECT_EQ(m.get().status.error_code(), grpc::StatusCode::CANCELLED);
   }
+  // The destination throws its paused copy away once it hears of the cancel (asynchronously).
   std::vector<GuestCopy> copies = guest_copies(roots(), name);
+  for (auto until = std::chrono::steady_clock::now() + 20s;
+       copies.size() != 1 && std::chrono::steady_clock::now() < until;
+       copies = guest_copies(roots(), name)) {
+    std::this_thread::sleep_for(50ms);
+  }
   ASSERT_EQ(copies.size(), 1u) << describe(copies);
   EXPECT_EQ(copies[0].root, hosts->root_a());
   EXPECT_TRUE(copies[0].answers && !copies[0].paused) << copies[0].describe();

@@ -49,10 +49,21 @@ std::unique_ptr<Header, void (*)(void*)> make_flex(size_t n) {
   return {static_cast<Header*>(p), std::free};
 }
 
+// The descriptor open_early() kept, or -1.
+int early_device = -1;
+
 }  // namespace
 
+Status KvmSystem::open_early(const std::string& path) {
+  if (early_device >= 0) return ok_status();
+  KvmSystem checked = TRY(open(path));
+  early_device = checked.fd_.release();
+  return ok_status();
+}
+
 Result<KvmSystem> KvmSystem::open(const std::string& path) {
-  int raw = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  int raw = early_device >= 0 && path == "/dev/kvm" ? ::fcntl(early_device, F_DUPFD_CLOEXEC, 0)
+                                                    : ::open(path.c_str(), O_RDWR | O_CLOEXEC);
   if (raw < 0) {
     int err = errno;
     if (err == ENOENT) {

@@ -31,6 +31,10 @@ class KvmSystem {
   // Opens the KVM device and checks the API version and every capability the VMM relies on; the
   // error says what is missing and what to do (load kvm_intel/kvm_amd, add the user to group kvm).
   static Result<KvmSystem> open(const std::string& path = "/dev/kvm");
+  // Opens (and checks) the device now and keeps it for this process: later open() calls of
+  // /dev/kvm duplicate it. For a VM process that gives up its privileges and its view of /dev
+  // (vmprocess/jail.h) after this.
+  static Status open_early(const std::string& path = "/dev/kvm");
 
   int check_extension(long capability) const;
   Result<std::vector<CpuidEntry>> get_supported_cpuid() const;
