@@ -22,7 +22,9 @@ TEST(Linux, BzImagePrintsItsBannerAndEchoesTheCommandLine) {
   const std::string marker = "vmctl-linux-boot-test=42";
   VmctlProcess vm({"run", "--kernel", kernel, "--memory", "512M", "--cmdline",
                    "console=ttyS0 earlyprintk=serial,ttyS0,115200 noapic nolapic_timer " + marker});
-  auto banner = vm.wait_for_line("Linux version [0-9]", 180s);
+  // About 100 s alone on this host (guest ring 0 is emulated); a CI run shares the 2 cores with
+  // fuzzers and other guests. What is tested is that it boots, not how fast.
+  auto banner = vm.wait_for_line("Linux version [0-9]", 480s);
   ASSERT_TRUE(banner) << "no banner; console:\n" << vm.out() << "\nstderr:\n" << vm.err();
   auto cmdline = vm.wait_for_line("Command line: .*" + marker, 60s);
   EXPECT_TRUE(cmdline) << vm.out();
