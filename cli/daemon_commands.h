@@ -32,7 +32,7 @@ struct DaemonOptions {
   std::string file, memory_file;
   std::vector<std::string> files;
   bool stop = false, diff = false, paused = false, lazy = false;
-  int compression = 1;
+  int compression = 0;
   // migrate
   std::string destination, destination_name;
   unsigned downtime_ms = 30, max_rounds = 30, max_seconds = 120;

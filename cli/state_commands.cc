@@ -43,7 +43,10 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   c.snapshot->add_flag(
       "--diff", o.diff,
       "Write only the pages dirtied since this VM's previous snapshot (its parent)");
-  c.snapshot->add_option("--compression", o.compression, "zstd level for memory (0 = uncompressed)")
+  c.snapshot
+      ->add_option("--compression", o.compression,
+                   "zstd level for memory (default 0: raw; zstd costs more time than it saves when "
+                   "the file goes to the page cache)")
       ->capture_default_str()
       ->check(CLI::Range(0, 19));
   c.snapshot->add_option("--memory-file", o.memory_file,

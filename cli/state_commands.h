@@ -25,7 +25,7 @@ struct StateOptions {
   bool json = false;
   bool stats = false;
   bool quiet = false;
-  int compression = 1;
+  int compression = 0;
   std::string memory_file;  // snapshot: guest RAM to this raw file
   bool lazy = false;        // restore: map the memory file
   bool strict_tsc = false;

@@ -719,7 +719,7 @@ Result<v1::SnapshotResponse> VmManager::snapshot(const v1::SnapshotRequest& r) {
                             {"path", r.path()},
                             {"stop", r.stop()},
                             {"diff", r.diff()},
-                            {"compression", r.compression() < 0 ? 1 : r.compression()}};
+                            {"compression", r.compression() < 0 ? 0 : r.compression()}};
   if (!r.memory_file().empty()) request["memory_file"] = r.memory_file();
   std::string name = r.name();
   lock.unlock();  // a snapshot of a large VM takes a while; other VMs go on

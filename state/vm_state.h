@@ -59,7 +59,7 @@ Status write_machine_state(vmm::Vm& vm, RecordWriter& writer, const PageStats& p
 std::string new_stream_id();
 
 struct SnapshotOptions {
-  int compression_level = 1;  // zstd level for memory; 0 = off
+  int compression_level = 0;  // zstd level for memory; 0 = off (the default: see cli --compression)
   bool leave_paused = false;  // `vmctl snapshot --stop`
   // Pages dirtied since the previous snapshot; after this snapshot it tracks from here. With
   // `diff`, only those pages are written and the snapshot names the previous one as its parent.

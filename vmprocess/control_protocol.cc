@@ -99,7 +99,7 @@ Result<ControlRequest> parse_control_request(std::string_view line) {
       if (r.snapshot.path.empty()) return Error::user("snapshot needs a path");
       r.snapshot.stop = TRY(f.flag("stop", false));
       r.snapshot.diff = TRY(f.flag("diff", false));
-      r.snapshot.compression = static_cast<int>(TRY(f.integer("compression", 1, 0, 19)));
+      r.snapshot.compression = static_cast<int>(TRY(f.integer("compression", 0, 0, 19)));
       r.snapshot.memory_file = TRY(f.text("memory_file", false));
       break;
     case ControlOp::kMigrate: {

@@ -56,7 +56,7 @@ struct SnapshotArgs {
   std::string path;
   bool stop = false;
   bool diff = false;
-  int compression = 1;
+  int compression = 0;
   std::string memory_file;
 };
 
