@@ -319,6 +319,15 @@ Result<pid_t> VmManager::spawn(const std::string& name, const std::vector<std::s
   return TRY_CTX(spawn_vm_process(request), fmt::format("VM {}", name));
 }
 
+void VmManager::remove_vm_folder(const std::string& name) const {
+  for (const char* f :
+       {"/vm.json", "/console.log", "/console.log.1", "/vmctl.log", "/control.sock"}) {
+    ::unlink((vm_dir(name) + f).c_str());
+  }
+  ::rmdir((vm_dir(name) + "/root").c_str());  // the jail's mount point (vm_spawn.h)
+  ::rmdir(vm_dir(name).c_str());
+}
+
 std::string VmManager::last_log_line(const std::string& name) const {
   std::ifstream in(log_path(name));
   std::string line, last;
@@ -440,11 +449,7 @@ void VmManager::forget(const std::string& name, pid_t pid) {
   if (watcher.joinable()) watcher.join();
   // The name stays taken until its folder is gone: a VM of the same name accepted meanwhile
   // would otherwise lose its fresh folder (and control socket) to this clean-up.
-  for (const char* f : {"/vm.json", "/console.log", "/vmctl.log", "/control.sock"}) {
-    ::unlink((vm_dir(name) + f).c_str());
-  }
-  ::rmdir((vm_dir(name) + "/root").c_str());  // the jail's mount point (vm_spawn.h)
-  ::rmdir(vm_dir(name).c_str());
+  remove_vm_folder(name);
   lock.lock();
   if (find_shared(name) == e) vms_.erase(name);
   spdlog::info("VM {}: forgotten (its incoming migration was discarded)", name);
@@ -654,12 +659,7 @@ Result<v1::VmInfo> VmManager::remove(const std::string& name) {
   vms_.erase(name);
   lock.unlock();
   if (watcher.joinable()) watcher.join();
-  for (const char* f :
-       {"/vm.json", "/console.log", "/console.log.1", "/vmctl.log", "/control.sock"}) {
-    ::unlink((vm_dir(name) + f).c_str());
-  }
-  ::rmdir((vm_dir(name) + "/root").c_str());  // the jail's mount point (vm_spawn.h)
-  ::rmdir(vm_dir(name).c_str());
+  remove_vm_folder(name);
   spdlog::info("VM {}: deleted", name);
   return last;
 }

@@ -140,6 +140,8 @@ class VmManager {
   std::string socket_path(const std::string& name) const;
   std::string console_path(const std::string& name) const;
   std::string log_path(const std::string& name) const;
+  // Removes a VM's folder with everything the daemon and its VM process put there.
+  void remove_vm_folder(const std::string& name) const;
   Entry* find(const std::string& name);                         // with mu_ held
   std::shared_ptr<Entry> find_shared(const std::string& name);  // with mu_ held
   Result<Entry*> find_or_error(const std::string& name);
