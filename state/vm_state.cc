@@ -22,6 +22,7 @@
 #include "base/text.h"
 #include "state/cpu_features.h"
 #include "state/lapic.h"
+#include "state/lapic_probe.h"
 #include "state/memory_file.h"
 #include "state/page_runs.h"
 #include "state/restore_budget.h"
@@ -587,6 +588,10 @@ Status write_vcpu(vmm::Vm& vm, unsigned index, const std::vector<uint32_t>& msr_
     capnp::MallocMessageBuilder message;
     LapicState lapic = decode_lapic(lapic_page, apic_msrs[0].value, apic_msrs[1].value,
                                     /*x2apic_ids=*/false);
+    // PPR is recorded as derived from TPR and ISR, not as KVM's page shows it: some KVMs update
+    // the page's PPR lazily (only when the vCPU next runs), so a vCPU paused right after a
+    // restore would otherwise record a PPR that no APIC with this ISR could have.
+    lapic.ppr = derive_ppr(lapic.tpr, lapic.isr);
     to_record(lapic, index, message.initRoot<ps::Lapic>());
     TRY(writer.write(ps::RecordType::LAPIC, message));
   }
@@ -1070,16 +1075,19 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
       kvm_lapic_state after = TRY_CTX(fd.get_lapic(), context("local APIC (verifying)"));
       LapicState restored = decode_lapic(after, in.lapic.apic_base, 0, false);
       uint8_t expected = derive_ppr(in.lapic.tpr, in.lapic.isr);
-      if (restored.ppr != expected) {
-        // Seen on a paravirtual KVM that keeps no in-service vectors: a guest restored there
-        // would take interrupts its handlers still block. Refuse, as for a missing CPU feature.
-        return Error::user(fmt::format(
-            "restoring vCPU {} local APIC: KVM reports PPR 0x{:02x} but TPR 0x{:02x} and ISR "
-            "give 0x{:02x}: this host's KVM does not honour the snapshot's in-service vectors; "
-            "restore it on a host whose KVM does, or snapshot again when no interrupt handler runs",
-            index, restored.ppr, in.lapic.tpr, expected));
-      }
-      return ok_status();
+      if (restored.ppr == expected) return ok_status();
+      // Some KVMs (a paravirtual one) keep the in-service vectors but derive PPR from them only
+      // once the vCPU runs. Whether this one does is found by running a throwaway vCPU.
+      Result<bool> keeps = kvm_keeps_in_service_vectors();
+      if (restored.isr == in.lapic.isr && keeps.ok() && *keeps) return ok_status();
+      // A guest restored where KVM ignores them would take interrupts its handlers still block.
+      // Refuse, as for a missing CPU feature.
+      return Error::user(fmt::format(
+          "restoring vCPU {} local APIC: KVM reports PPR 0x{:02x} but TPR 0x{:02x} and ISR "
+          "give 0x{:02x}{}: this host's KVM does not honour the snapshot's in-service vectors; "
+          "restore it on a host whose KVM does, or snapshot again when no interrupt handler runs",
+          index, restored.ppr, in.lapic.tpr, expected,
+          keeps.ok() ? "" : " (" + keeps.error().message() + ")"));
     }
   }
   return ok_status();

@@ -64,7 +64,8 @@ TEST(LapicRestore, UneditedGoldenRecordRestores) {
   unlink(path.c_str());
 }
 
-// In-service vectors as an APIC three handlers deep records them. Where KVM honours them, it takes
+// In-service vectors as an APIC three handlers deep records them. Where KVM honours them (it may
+// derive PPR from them only once the vCPU runs: host-info probes by running one), it takes
 // them on restore, gives them back in the next snapshot, and they hold lower priority classes back
 // for real (the golden guest's timer is vector 0x40, class 4). Where it does not (a paravirtual
 // KVM that keeps no in-service vectors: its PPR ignores ISR), restore must refuse with one line
