@@ -726,7 +726,9 @@ Sample vmctl_migrate(Env& env, uint64_t memory, const Workload& wl) {
             {{"total_ms", last.downtime().total_ms()},
              {"pause_to_last_page_ms", last.downtime().pause_to_last_page_ms()},
              {"last_page_to_state_ms", last.downtime().last_page_to_state_ms()},
-             {"state_to_resumed_ms", last.downtime().state_to_resumed_ms()}}}};
+             {"state_to_resumed_ms", last.downtime().state_to_resumed_ms()},
+             {"state_to_ready_ms", last.downtime().state_to_ready_ms()},
+             {"switchover_ms", last.downtime().switchover_ms()}}}};
   if (!result.ok()) {
     s.error = result.error_message();
     // Running out of rounds or time is the engine giving up (the VM stays at the source).

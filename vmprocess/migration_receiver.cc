@@ -1,6 +1,7 @@
 #include "vmprocess/migration_receiver.h"
 
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -60,15 +61,17 @@ Result<std::string> read_feed_line(int fd) {
 }
 
 // Until READY, the daemon's end of the feed closing (it went away, or discarded the migration)
-// ends the restore: every data connection is cut.
+// ends the restore: every data connection is cut. stop() wakes the watch through an eventfd at
+// once: the switchover waits on it (a poll timeout here was most of an idle guest's downtime).
 class DaemonWatch {
  public:
   DaemonWatch(int feed, std::function<void()> on_gone)
-      : thread_([this, feed, on_gone = std::move(on_gone)] {
-          while (!stop_) {
-            pollfd p{feed, POLLIN | POLLRDHUP, 0};
-            int r = ::poll(&p, 1, 100);
-            if (r > 0 && p.revents) {
+      : wake_(::eventfd(0, EFD_CLOEXEC)), thread_([this, feed, on_gone = std::move(on_gone)] {
+          pollfd p[2] = {{feed, POLLIN | POLLRDHUP, 0}, {wake_.get(), POLLIN, 0}};
+          while (true) {
+            int r = ::poll(p, wake_.valid() ? 2 : 1, wake_.valid() ? -1 : 100);
+            if (stop_) return;
+            if (r > 0 && p[0].revents) {
               on_gone();
               return;
             }
@@ -77,10 +80,15 @@ class DaemonWatch {
   ~DaemonWatch() { stop(); }
   void stop() {
     stop_ = true;
+    if (wake_.valid()) {
+      uint64_t one = 1;
+      (void)!::write(wake_.get(), &one, sizeof one);
+    }
     if (thread_.joinable()) thread_.join();
   }
 
  private:
+  Fd wake_;  // declared before thread_: the thread polls it from its first instruction
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };
