@@ -879,6 +879,14 @@ struct Figures {
   std::optional<Spread> rounds() const {
     return of([](const Sample& s) { return s.rounds; });
   }
+  // A part of vmctl's own downtime breakdown (its "downtime" figures, DowntimeBreakdown).
+  std::optional<Spread> downtime_part(const char* part) const {
+    return of([part](const Sample& s) -> std::optional<double> {
+      const json& d = s.own.value("downtime", json::object());
+      if (!d.contains(part)) return std::nullopt;
+      return d[part].get<double>();
+    });
+  }
   // Bytes moved per second of total time (median of the per-run figures).
   std::optional<Spread> mib_s() const {
     return of([](const Sample& s) {
@@ -1078,6 +1086,19 @@ int run(Options o) {
       {"guest", "workload", "op", "system", "ok", "total s", "downtime ms", "hb gap ms", "MiB",
        "rounds", "MiB/s", "of limit", "note"});
   report.set_text_columns(4);
+  // Where vmctl's switchover downtime goes (its own figures): the source pauses the VM and sends
+  // the last dirty pages, then the vCPU and device records; the destination restores them and
+  // says READY; then SWITCHOVER goes out and RESUMED comes back.
+  static const char* const kDowntimeParts[] = {"pause_to_last_page_ms", "last_page_to_state_ms",
+                                               "state_to_ready_ms", "switchover_ms", "total_ms"};
+  static const char* const kDowntimePartColumns[] = {"pause to last page", "last page to state",
+                                                     "state to ready", "switchover", "total"};
+  Report downtime_parts(
+      "vmctl switchover downtime by part, ms (min / median / max): pause to last page, last page "
+      "to vCPU and device state, state to the destination's READY, SWITCHOVER to RESUMED",
+      {"guest", "workload", kDowntimePartColumns[0], kDowntimePartColumns[1],
+       kDowntimePartColumns[2], kDowntimePartColumns[3], kDowntimePartColumns[4]});
+  downtime_parts.set_text_columns(2);
   json cases = json::array();
   bool hard_failure = false;
   int port_a = 17000 + getpid() % 1000 + 500;
@@ -1133,6 +1154,14 @@ int run(Options o) {
             }
           }
         }
+        if (auto v = migrate.systems.find(System::kVmctl); v != migrate.systems.end()) {
+          json row = {{"guest", migrate.guest}, {"workload", migrate.workload}};
+          for (size_t i = 0; i < std::size(kDowntimeParts); ++i) {
+            row[kDowntimePartColumns[i]] =
+                spread_cell(v->second.downtime_part(kDowntimeParts[i]), 2);
+          }
+          downtime_parts.add(row);
+        }
         for (CaseResult* c : {&migrate, &save, &restore}) {
           if (c->systems.empty()) continue;
           add_rows(report, *c, limits);
@@ -1148,6 +1177,9 @@ int run(Options o) {
       "MiB/s as a share of TCP (migrate) or memcpy (save, restore).",
       limits.memcpy_mib_s, limits.tcp_mib_s);
   std::string markdown = report.markdown() + "\n" + limits_line + "\n";
+  if (std::find(o.operations.begin(), o.operations.end(), "migrate") != o.operations.end()) {
+    markdown += "\n" + downtime_parts.markdown();
+  }
   std::fputs(markdown.c_str(), stdout);
   json out = {
       {"benchmark", "vmctl vs QEMU"},

@@ -283,6 +283,16 @@ class OutgoingMigrations::Run {
         last_ = p;
         return false;
       }
+      if (p.phase() == "stop-and-copy" && !switchover_persisted_) {
+        // The VM pauses now: SWITCHOVER is written down while its last pages and state go out,
+        // so that the write is not part of its downtime (see wait_ready).
+        Status saved = persist(MigrationPhase::kSwitchover);
+        if (!saved.ok()) {
+          (void)o_.vms_.control(r_.name(), {{"op", "cancel_migration"}});
+          return Error(saved.error()).with_context("recording the coming switchover");
+        }
+        switchover_persisted_ = true;
+      }
       emit(p);
     }
   }
@@ -293,10 +303,12 @@ class OutgoingMigrations::Run {
       job_->phase = MigrationPhase::kSent;
     }
     emit_phase("awaiting-destination");
-    // SWITCHOVER is written down now, while the destination restores, so that writing it is not
-    // part of the VM's downtime. Until it is sent this only makes a restart ask the destination
-    // (which cannot have committed) instead of rolling back at once: rule 3 holds either way.
-    TRY(persist(MigrationPhase::kSwitchover));
+    // SWITCHOVER is written down before it is sent, and not inside the VM's downtime: when the
+    // VM process said it pauses (stop-and-copy), or else now, while the destination restores.
+    // Until it is sent this only makes a restart ask the destination (which cannot have
+    // committed) instead of rolling back at once: rule 3 holds either way.
+    if (!switchover_persisted_) TRY(persist(MigrationPhase::kSwitchover));
+    switchover_persisted_ = true;
     Clock::time_point deadline = Clock::now() + kReadyTimeout;
     while (true) {
       if (cancelled()) return Error::user("cancelled");
@@ -476,6 +488,7 @@ class OutgoingMigrations::Run {
   std::string secret_, data_endpoint_, failure_;
   bool cancelled_by_process_ = false;
   bool source_process_gone_ = false;
+  bool switchover_persisted_ = false;  // the journal says SWITCHOVER (written before it is sent)
   // What the control stream said while the VM process was still sending (set by send()'s
   // watcher thread, read after it was joined).
   std::optional<ControlEvent> early_event_;

@@ -270,7 +270,6 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   const Clock::time_point state_at = Clock::now();
   if (cancel) return roll_back(Error::user("cancelled"), "cancelled");
   // Everything is sent; the VM stays paused. From here the switchover decides (protocol.md).
-  log.stop();
   progress.bytes_sent = counted.bytes() + target.side_bytes();
   progress.pages_sent = total.pages;
   progress.remaining_bytes = 0;
@@ -280,6 +279,7 @@ Result<Progress> migrate_vm(vmm::Vm& vm, MigrationTarget& target, const PrecopyO
   progress.last_page_at_ns = steady_ns(last_page_at);
   progress.state_at_ns = steady_ns(state_at);
   emit("sent");
+  log.stop();  // after "sent": turning dirty logging off is not on the switchover's path
   spdlog::info("sent in {:.2f} s, {} rounds, {:.1f} MiB ({}); the VM waits for the switchover",
                progress.elapsed_seconds, progress.round + 1,
                static_cast<double>(progress.bytes_sent) / kMiB, log.source());
