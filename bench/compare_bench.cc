@@ -276,7 +276,8 @@ bool guest_going(ConsoleWatch& w, const Workload& wl) {
       120s);
 }
 
-enum class System { kVmctl, kQemuDefault, kQemuTuned };
+// qemu-tls: qemu-tuned with mutual TLS (tls-creds-x509) on the migration, as vmctl always has it.
+enum class System { kVmctl, kQemuDefault, kQemuTuned, kQemuTls };
 const char* system_name(System s) {
   switch (s) {
     case System::kVmctl:
@@ -285,6 +286,8 @@ const char* system_name(System s) {
       return "qemu-default";
     case System::kQemuTuned:
       return "qemu-tuned";
+    case System::kQemuTls:
+      return "qemu-tls";
   }
   return "?";
 }
@@ -460,7 +463,8 @@ struct Env {
   DaemonProcess* a = nullptr;
   DaemonProcess* b = nullptr;
   int port_b = 0;
-  json qemu_defaults;  // QEMU's migration parameters before any tuning, for the report
+  json qemu_defaults;        // QEMU's migration parameters before any tuning, for the report
+  std::string qemu_tls_dir;  // the test CA and certificate under QEMU's file names
 };
 
 // One QEMU microvm: the guest ELF via -kernel, COM1 to a file, QMP on a unix socket.
@@ -510,6 +514,17 @@ class QemuVm {
     // 1 TiB/s: no limit in practice (QEMU caps the value at SIZE_MAX, 0 is not "unlimited" in
     // every version).
     qmp_.execute("migrate-set-parameters", {{"max-bandwidth", int64_t{1} << 40}});
+  }
+
+  // Mutual TLS on the migration with the benchmark's certificates (the same as vmctld's):
+  // the destination verifies the source's certificate, the source the destination's name.
+  void use_tls(const Env& env, bool server) {
+    qmp_.execute("object-add", {{"qom-type", "tls-creds-x509"},
+                                {"id", "tls0"},
+                                {"dir", env.qemu_tls_dir},
+                                {"endpoint", server ? "server" : "client"},
+                                {"verify-peer", true}});
+    qmp_.execute("migrate-set-parameters", {{"tls-creds", "tls0"}, {"tls-hostname", "localhost"}});
   }
 
   // Resumes the guest. Right after a migration completes QEMU is still finishing it (run state
@@ -574,7 +589,7 @@ void check_intact(ConsoleWatch& w, const std::string& who) {
   }
 }
 
-Sample qemu_migrate(Env& env, uint64_t memory, const Workload& wl, bool tuned) {
+Sample qemu_migrate(Env& env, uint64_t memory, const Workload& wl, bool tuned, bool tls) {
   Sample s;
   QemuVm dst(env, memory, wl, /*incoming=*/true, /*paused=*/false);
   QemuVm src(env, memory, wl, /*incoming=*/false, /*paused=*/false);
@@ -587,6 +602,10 @@ Sample qemu_migrate(Env& env, uint64_t memory, const Workload& wl, bool tuned) {
   if (tuned) {
     dst.tune(true);
     src.tune(true);
+  }
+  if (tls) {
+    dst.use_tls(env, /*server=*/true);
+    src.use_tls(env, /*server=*/false);
   }
   std::string uri = fmt::format("tcp:127.0.0.1:{}", env.next_port++);
   dst.qmp().execute("migrate-incoming", {{"uri", uri}});
@@ -962,8 +981,11 @@ json case_json(const CaseResult& c, const Limits& limits) {
     System best = best_qemu(c);
     j["best_qemu"] = system_name(best);
     const Figures& v = c.systems.at(System::kVmctl);
-    for (auto [key, other] : {std::pair{"ratio_vs_qemu_default", System::kQemuDefault},
-                              std::pair{"ratio_vs_qemu_best", best}}) {
+    std::vector<std::pair<const char*, System>> others = {
+        {"ratio_vs_qemu_default", System::kQemuDefault}, {"ratio_vs_qemu_best", best}};
+    if (c.systems.count(System::kQemuTls))
+      others.push_back({"ratio_vs_qemu_tls", System::kQemuTls});
+    for (auto [key, other] : others) {
       const Figures& q = c.systems.at(other);
       auto r = [](std::optional<double> x) { return x ? json(*x) : json(nullptr); };
       j[key] = {{"total_s", r(ratio(v.total(), q.total()))},
@@ -1006,18 +1028,22 @@ void add_rows(Report& report, const CaseResult& c, const Limits& limits) {
   System best = best_qemu(c);
   std::vector<System> others = {System::kQemuDefault};
   if (best != System::kQemuDefault) others.push_back(best);
+  // vmctl always migrates over mutual TLS: this is the comparison with the same protection.
+  if (c.systems.count(System::kQemuTls)) others.push_back(System::kQemuTls);
   for (System other : others) {
     const Figures& q = c.systems.at(other);
     auto cell = [](std::optional<double> r) { return r ? fmt::format("x{:.2f}", *r) : "-"; };
-    report.add(
-        {{"guest", c.guest},
-         {"workload", c.workload},
-         {"op", c.operation},
-         {"system", fmt::format("vmctl/{}{}", system_name(other), other == best ? " (best)" : "")},
-         {"total s", cell(ratio(v.total(), q.total()))},
-         {"downtime ms", cell(ratio(v.downtime(), q.downtime()))},
-         {"hb gap ms", cell(ratio(v.gap(), q.gap()))},
-         {"MiB", cell(ratio(v.mib(), q.mib()))}});
+    report.add({{"guest", c.guest},
+                {"workload", c.workload},
+                {"op", c.operation},
+                {"system", fmt::format("vmctl/{}{}", system_name(other),
+                                       other == best               ? " (best)"
+                                       : other == System::kQemuTls ? " (same protection)"
+                                                                   : "")},
+                {"total s", cell(ratio(v.total(), q.total()))},
+                {"downtime ms", cell(ratio(v.downtime(), q.downtime()))},
+                {"hb gap ms", cell(ratio(v.gap(), q.gap()))},
+                {"MiB", cell(ratio(v.mib(), q.mib()))}});
   }
 }
 
@@ -1025,7 +1051,7 @@ struct Options {
   std::vector<std::string> sizes = {"512M", "2G"};
   std::vector<std::string> workloads = {"idle", "dirty64", "dirtymax"};
   std::vector<std::string> operations = {"migrate", "snapshot"};
-  std::vector<std::string> systems = {"vmctl", "qemu-default", "qemu-tuned"};
+  std::vector<std::string> systems = {"vmctl", "qemu-default", "qemu-tuned", "qemu-tls"};
   int repeats = 3;
   int max_seconds = 30;
   bool smoke = false;
@@ -1047,8 +1073,10 @@ int run(Options o) {
       systems.push_back(System::kQemuDefault);
     else if (s == "qemu-tuned")
       systems.push_back(System::kQemuTuned);
+    else if (s == "qemu-tls")
+      systems.push_back(System::kQemuTls);
     else
-      throw Failure("unknown system " + s + " (vmctl, qemu-default, qemu-tuned)");
+      throw Failure("unknown system " + s + " (vmctl, qemu-default, qemu-tuned, qemu-tls)");
   }
   bool want_qemu =
       std::any_of(systems.begin(), systems.end(), [](System s) { return s != System::kVmctl; });
@@ -1071,6 +1099,15 @@ int run(Options o) {
                    " 127.0.0.1 >/dev/null")
                       .c_str()) != 0) {
     throw Failure("cannot make TLS certificates (openssl?)");
+  }
+  // QEMU reads its credentials from fixed names in one folder; one certificate serves both ends.
+  env.qemu_tls_dir = env.dir + "/qemu-tls";
+  if (std::system(fmt::format("mkdir -p {0} && cp {1}/ca.pem {0}/ca-cert.pem && for e in server "
+                              "client; do cp {1}/node.pem {0}/$e-cert.pem && cp {1}/node.key "
+                              "{0}/$e-key.pem; done",
+                              env.qemu_tls_dir, tls)
+                      .c_str()) != 0) {
+    throw Failure("cannot lay out QEMU's TLS credentials in " + env.qemu_tls_dir);
   }
 
   std::fprintf(stderr, "compare_bench: measuring the machine's limits...\n");
@@ -1117,6 +1154,8 @@ int run(Options o) {
         for (System system : systems) {
           for (int rep = 0; rep < o.repeats; ++rep) {
             for (const std::string& op : o.operations) {
+              // TLS changes nothing in a snapshot file.
+              if (system == System::kQemuTls && op != "migrate") continue;
               std::fprintf(stderr, "compare_bench: %s %s %s %s run %d/%d...\n",
                            format_size(*size).c_str(), wl.name.c_str(), op.c_str(),
                            system_name(system), rep + 1, o.repeats);
@@ -1130,7 +1169,8 @@ int run(Options o) {
                 if (op == "migrate") {
                   Sample s = system == System::kVmctl
                                  ? vmctl_migrate(env, *size, wl)
-                                 : qemu_migrate(env, *size, wl, system == System::kQemuTuned);
+                                 : qemu_migrate(env, *size, wl, system != System::kQemuDefault,
+                                                system == System::kQemuTls);
                   note(s);
                   migrate.systems[system].samples.push_back(s);
                 } else if (op == "snapshot") {
