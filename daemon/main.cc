@@ -21,6 +21,7 @@
 #include "base/rotating_log.h"
 #include "base/size.h"
 #include "daemon/config.h"
+#include "daemon/host_report_cache.h"
 #include "daemon/service.h"
 #include "daemon/unix_listener.h"
 #include "daemon/vm_manager.h"
@@ -295,6 +296,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   (*unix_listener)->serve(server.get());
+  // This host's report (made once: it runs a probe VM, tens of milliseconds) is made now, so
+  // that the first migration in either direction does not wait for it.
+  std::jthread warm_host_report([] {
+    Result<nlohmann::json> report = daemon::cached_host_report();
+    if (!report.ok()) spdlog::warn("host report: {}", report.error().message());
+  });
   spdlog::info("vmctld {} listening on unix:{}{}; state in {}; VMs run by {}; {}", VMCTL_VERSION,
                socket, listen.empty() ? "" : fmt::format(" and {} (mutual TLS)", listen),
                manager_options.state_dir, manager_options.vmctl_binary,

@@ -138,11 +138,11 @@ int receive_migration(const ReceiveOptions& o) {
   options.dirty_tracking = *tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
   options.budget.max_guest_memory = o.max_guest_memory;
-  // The machine is built now, from the offer, while the source connects: the stream then only
-  // fills it (and must describe exactly this machine).
-  Result<std::unique_ptr<vmm::Vm>> prepared = prepare_vm(o, options);
-  if (!prepared.ok()) return failed(prepared.error());
-  vmm::GuestMemory& memory = (*prepared)->memory();
+  // The machine is built now, from the offer, on a thread of its own while the source connects
+  // (its TLS handshakes take as long): the stream then only fills it (and must describe exactly
+  // this machine).
+  Result<std::unique_ptr<vmm::Vm>> prepared = Error::failure("not prepared");
+  std::jthread preparing([&] { prepared = prepare_vm(o, options); });
 
   // What the daemon's watch cuts.
   std::mutex mu;
@@ -159,6 +159,9 @@ int receive_migration(const ReceiveOptions& o) {
   Result<std::vector<std::unique_ptr<migrate::DataConnection>>> joined =
       (*listener)->accept_all(o.migration_id, secret, o.data_connections, start + kJoinTimeout);
   if (!joined.ok()) return failed(joined.error());
+  preparing.join();
+  if (!prepared.ok()) return failed(prepared.error());
+  vmm::GuestMemory& memory = (*prepared)->memory();
   listener->reset();
   std::vector<std::unique_ptr<migrate::DataConnection>> conns = std::move(joined).value();
   std::unique_ptr<migrate::DataConnection> main = std::move(conns.front());
