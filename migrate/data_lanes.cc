@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include <capnp/message.h>
@@ -11,6 +12,7 @@
 #include "base/text.h"
 #include "migrate/data_hello.h"
 #include "state/page_runs.h"
+#include "vmm/absent_pages.h"
 
 namespace vmctl::migrate {
 namespace {
@@ -200,6 +202,10 @@ Result<state::PageStats> DataLanes::send_lane(unsigned index, vmm::Vm& vm,
     pages = 0;
     return ok_status();
   };
+  // Round 0: pages nothing backs yet are zero without reading them.
+  std::optional<vmm::AbsentPages> absent;
+  if (!dirty) absent.emplace();
+  std::vector<uint64_t> absent_bits;
   const auto& regions = vm.memory().regions();
   for (size_t r = 0; r < regions.size(); ++r) {
     const vmm::MemoryRegion& region = regions[r];
@@ -209,8 +215,13 @@ Result<state::PageStats> DataLanes::send_lane(unsigned index, vmm::Vm& vm,
     for (uint64_t block = 0; block < region_pages; block += kPagesPerBlock) {
       if (((first_gfn + block) / kPagesPerBlock) % count != index) continue;
       uint64_t end = std::min(region_pages, block + kPagesPerBlock);
+      if (absent) absent->find(region, block, end - block, absent_bits);
       for (uint64_t p = block; p < end; ++p) {
         if (dirty && !test_bit((*dirty)[r], p)) continue;
+        if (absent && test_bit(absent_bits, p - block)) {
+          ++stats.zero_pages;
+          continue;
+        }
         uint8_t* page = base + p * kPage;
         bool zero = vmm::page_is_zero(page);
         // Round 0 fills fresh (zero) memory: its zero pages need not travel. Later a dirtied

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -28,6 +29,7 @@
 #include "state/restore_budget.h"
 #include "state/stream_contents.h"
 #include "state/stream_limits.h"
+#include "vmm/absent_pages.h"
 #include "vmm/devices/cmos_rtc.h"
 #include "vmm/devices/serial.h"
 
@@ -211,13 +213,23 @@ Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer, const DirtyB
                   MemoryStats& stats) -> Status {
     const vmm::MemoryRegion& region = regions[r];
     const uint8_t* base = region.host.data();
-    for (uint64_t page = first; page < end; ++page) {
-      if (dirty && !test_bit((*dirty)[r], page)) continue;
-      if (vmm::page_is_zero(base + page * kPageSize)) {
-        ++stats.zero_pages;
-        continue;
+    // A full snapshot reads every page: those nothing backs yet are zero without reading them.
+    std::optional<vmm::AbsentPages> absent;
+    if (!dirty) absent.emplace();
+    std::vector<uint64_t> absent_bits;
+    constexpr uint64_t kChunk = 512;  // 2 MiB of pagemap entries at a time
+    for (uint64_t chunk = first; chunk < end; chunk += kChunk) {
+      const uint64_t chunk_end = std::min(end, chunk + kChunk);
+      if (absent) absent->find(region, chunk, chunk_end - chunk, absent_bits);
+      for (uint64_t page = chunk; page < chunk_end; ++page) {
+        if (dirty && !test_bit((*dirty)[r], page)) continue;
+        if ((absent && test_bit(absent_bits, page - chunk)) ||
+            vmm::page_is_zero(base + page * kPageSize)) {
+          ++stats.zero_pages;
+          continue;
+        }
+        TRY(batch.add(region.guest_phys / kPageSize + page));
       }
-      TRY(batch.add(region.guest_phys / kPageSize + page));
     }
     return ok_status();
   };

@@ -48,6 +48,7 @@ Result<GuestMemory> GuestMemory::create(uint64_t ram_size, const MemoryFileBacki
   low_region.slot = 0;
   low_region.host = TRY_CTX(map(low, 0, "guest RAM below 4 GiB"),
                             "allocating " + format_size(ram_size) + " of guest memory");
+  low_region.zero_when_absent = backing == nullptr;
   low_region.vmm_dirty = std::make_unique<std::atomic<uint64_t>[]>((low / kPageSize + 63) / 64);
   memory.regions_.push_back(std::move(low_region));
   if (ram_size > low) {
@@ -57,6 +58,7 @@ Result<GuestMemory> GuestMemory::create(uint64_t ram_size, const MemoryFileBacki
     high.slot = 1;
     high.host = TRY_CTX(map(high.size, low, "guest RAM above 4 GiB"),
                         "allocating " + format_size(ram_size) + " of guest memory");
+    high.zero_when_absent = backing == nullptr;
     high.vmm_dirty = std::make_unique<std::atomic<uint64_t>[]>((high.size / kPageSize + 63) / 64);
     memory.regions_.push_back(std::move(high));
   }

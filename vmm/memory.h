@@ -41,6 +41,10 @@ struct MemoryRegion {
   // Pages the VMM itself wrote through GuestMemory::write/fill: KVM's dirty log only sees the
   // guest's writes, and live migration must resend these too. One bit per page.
   std::unique_ptr<std::atomic<uint64_t>[]> vmm_dirty;
+  // Anonymous private memory, where a page nothing backs reads as zeros (vmm/absent_pages.h).
+  // False for a file mapping; whatever later registers a region with userfaultfd (pages that
+  // arrive on demand) must clear it too.
+  bool zero_when_absent = false;
   uint32_t slot = 0;           // KVM memory slot id
   bool dirty_logging = false;  // KVM_MEM_LOG_DIRTY_PAGES currently set on the slot
 
