@@ -104,6 +104,7 @@ TEST_P(ApicHold, SnapshotInsideTheNestRestoresInANewProcess) {
     ASSERT_EQ(snap.wait_exit(60s), 0) << snap.err();
     vm.signal(SIGKILL);  // the snapshot is all that is left of it
     vm.wait_exit(30s);
+    unlink(sock.c_str());  // a killed process leaves its control socket behind
   }
   bool tracked = hold.find("isr=[none]") == std::string::npos;
   EXPECT_NE(hold.find(std::string("mode=") + c.mode), std::string::npos) << hold;

@@ -134,6 +134,7 @@ TEST(LapicRestore, InServiceVectorsSurviveRestoreAndMaskLowerClassesOrAreRefused
   }
   unlink(edited.c_str());
   unlink(again.c_str());
+  unlink(sock.c_str());  // a killed process leaves its control socket behind
 }
 
 TEST(LapicRestore, InServiceVectorBelowTheTimerClassLetsItThroughOrIsRefused) {
@@ -147,6 +148,7 @@ TEST(LapicRestore, InServiceVectorBelowTheTimerClassLetsItThroughOrIsRefused) {
     vm.wait_exit(30s);
   }
   unlink(path.c_str());
+  unlink(sock.c_str());
 }
 
 TEST(LapicRestore, PprThatDoesNotFollowFromTprAndIsrIsRefused) {
