@@ -47,7 +47,9 @@
 
 #include "base/size.h"
 #include "bench/bench_report.h"
+#include "bench/cpu_accounting.h"
 #include "bench/daemon_process.h"
+#include "bench/machine_limits.h"
 
 namespace vmctl::bench {
 namespace {
@@ -72,61 +74,6 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
 uint64_t file_size(const std::string& path) {
   struct stat st {};
   return stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Machine limits.
-
-// Best of `rounds` copies of a `bytes` buffer, in MiB/s.
-double memcpy_mib_s(size_t bytes, int rounds) {
-  std::vector<char> a(bytes, 1), b(bytes, 2);
-  double best = 0;
-  for (int i = 0; i < rounds; ++i) {
-    Clock::time_point start = Clock::now();
-    std::memcpy(b.data(), a.data(), bytes);
-    double s = seconds_between(start, Clock::now());
-    best = std::max(best, static_cast<double>(bytes) / (1 << 20) / s);
-    a[static_cast<size_t>(i) % bytes] = static_cast<char>(b[bytes / 2] + i);  // keep both alive
-  }
-  return best;
-}
-
-// One TCP connection over 127.0.0.1, a writer and a reader thread, `bytes` in 1 MiB writes.
-double loopback_tcp_mib_s(uint64_t bytes) {
-  int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (listener < 0 || bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      listen(listener, 1) != 0 ||
-      getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    throw Failure(fmt::format("loopback TCP: {}", std::strerror(errno)));
-  }
-  std::atomic<uint64_t> received{0};
-  std::thread reader([&] {
-    int fd = accept(listener, nullptr, nullptr);
-    std::vector<char> buf(1 << 20);
-    ssize_t n;
-    while (fd >= 0 && (n = read(fd, buf.data(), buf.size())) > 0) received += n;
-    if (fd >= 0) close(fd);
-  });
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  std::vector<char> buf(1 << 20, 7);
-  Clock::time_point start = Clock::now();
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
-    for (uint64_t sent = 0; sent < bytes;) {
-      ssize_t n = write(fd, buf.data(), std::min<uint64_t>(buf.size(), bytes - sent));
-      if (n <= 0) break;
-      sent += static_cast<uint64_t>(n);
-    }
-  }
-  close(fd);
-  reader.join();
-  double s = seconds_between(start, Clock::now());
-  close(listener);
-  if (received != bytes) throw Failure("loopback TCP: the stream was cut short");
-  return static_cast<double>(bytes) / (1 << 20) / s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,12 +223,16 @@ bool guest_going(ConsoleWatch& w, const Workload& wl) {
       120s);
 }
 
-// qemu-tls: qemu-tuned with mutual TLS (tls-creds-x509) on the migration, as vmctl always has it.
-enum class System { kVmctl, kQemuDefault, kQemuTuned, kQemuTls };
+// qemu-tls: qemu-tuned with mutual TLS (tls-creds-x509) on the migration, as vmctl has it by
+// default. vmctl-plain: vmctl between two daemons that list each other's network as trusted
+// (plaintext data connections), the same protection as QEMU's plain TCP.
+enum class System { kVmctl, kVmctlPlain, kQemuDefault, kQemuTuned, kQemuTls };
 const char* system_name(System s) {
   switch (s) {
     case System::kVmctl:
       return "vmctl";
+    case System::kVmctlPlain:
+      return "vmctl-plain";
     case System::kQemuDefault:
       return "qemu-default";
     case System::kQemuTuned:
@@ -302,17 +253,31 @@ struct Sample {
   std::optional<double> gap_ms;       // seen by the guest (heartbeats)
   uint64_t bytes = 0;                 // on the wire (migrate) or in the file (save, restore)
   std::optional<double> rounds;       // vmctl: pre-copy rounds; QEMU: dirty-sync-count
-  json own = json::object();          // the system's raw figures
+  // CPU seconds of every process of the system over the operation, the guest's vCPU threads
+  // apart (cpu_accounting.h); migrations only.
+  std::optional<double> vmm_cpu_s, guest_cpu_s;
+  json own = json::object();  // the system's raw figures
 };
+
+void record_cpu(Sample& s, CpuWindow* window) {
+  if (!window) return;
+  if (std::optional<CpuWindow::Split> split = window->finish()) {
+    s.vmm_cpu_s = split->vmm_s();
+    s.guest_cpu_s = split->guest_s;
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // QEMU.
 
 class ChildProcess {
  public:
-  ChildProcess(const std::vector<std::string>& args, const std::string& log) {
+  // `group`: the cgroup the child runs in (CPU accounting), if any.
+  ChildProcess(const std::vector<std::string>& args, const std::string& log,
+               const CpuGroup* group = nullptr) {
     pid_ = fork();
     if (pid_ == 0) {
+      if (group) group->enter();
       int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
       if (fd >= 0) {
         dup2(fd, 1);
@@ -463,6 +428,14 @@ struct Env {
   DaemonProcess* a = nullptr;
   DaemonProcess* b = nullptr;
   int port_b = 0;
+  // The vmctl-plain pair: both trust 127.0.0.1/32 ([migration] trusted_networks).
+  DaemonProcess* plain_a = nullptr;
+  DaemonProcess* plain_b = nullptr;
+  int plain_port_b = 0;
+  // Each system's processes, for CPU time (null where the host offers no cgroup to us).
+  const CpuGroup* vmctl_cpu = nullptr;
+  const CpuGroup* plain_cpu = nullptr;
+  const CpuGroup* qemu_cpu = nullptr;
   json qemu_defaults;        // QEMU's migration parameters before any tuning, for the report
   std::string qemu_tls_dir;  // the test CA and certificate under QEMU's file names
 };
@@ -491,7 +464,7 @@ class QemuVm {
               if (paused) args.push_back("-S");
               return args;
             }(),
-            base_ + ".log"),
+            base_ + ".log", env.qemu_cpu),
         qmp_(base_ + ".qmp", process_, base_ + ".log") {
     // Completion is waited for on MIGRATION events rather than by polling query-migrate (which
     // would take QEMU's main loop lock while it migrates). Events change nothing else.
@@ -609,10 +582,16 @@ Sample qemu_migrate(Env& env, uint64_t memory, const Workload& wl, bool tuned, b
   }
   std::string uri = fmt::format("tcp:127.0.0.1:{}", env.next_port++);
   dst.qmp().execute("migrate-incoming", {{"uri", uri}});
+  std::optional<CpuWindow> cpu;
+  if (env.qemu_cpu)
+    cpu.emplace(*env.qemu_cpu, [](const std::string& thread) {
+      return thread.rfind("CPU ", 0) == 0 && thread.find("/KVM") != std::string::npos;
+    });
   Clock::time_point start = Clock::now();
   src.qmp().execute("migrate", {{"uri", uri}});
   json info = src.finish_migration(s, std::chrono::seconds(env.max_seconds));
   Clock::time_point end = Clock::now();
+  record_cpu(s, cpu ? &*cpu : nullptr);
   s.total_s = seconds_between(start, end);
   fill_from_query_migrate(s, info);
   if (!s.error.empty()) return s;
@@ -687,7 +666,7 @@ std::pair<Sample, Sample> qemu_snapshot(Env& env, uint64_t memory, const Workloa
 // ---------------------------------------------------------------------------------------------
 // vmctl: two vmctld on loopback.
 
-std::string create_vmctl_vm(Env& env, uint64_t memory, const Workload& wl) {
+std::string create_vmctl_vm(Env& env, DaemonProcess& at, uint64_t memory, const Workload& wl) {
   std::string name = fmt::format("cmp{}", env.serial++);
   v1::CreateVmRequest create;
   create.set_name(name);
@@ -702,7 +681,7 @@ std::string create_vmctl_vm(Env& env, uint64_t memory, const Workload& wl) {
   for (int attempt = 1;; ++attempt) {
     grpc::ClientContext context;
     v1::VmInfo info;
-    grpc::Status st = env.a->stub().CreateVm(&context, create, &info);
+    grpc::Status st = at.stub().CreateVm(&context, create, &info);
     if (st.ok()) return name;
     if (st.error_code() != grpc::StatusCode::UNAVAILABLE || attempt == 3) {
       throw Failure("vmctl create: " + st.error_message());
@@ -710,36 +689,44 @@ std::string create_vmctl_vm(Env& env, uint64_t memory, const Workload& wl) {
   }
 }
 
-Sample vmctl_migrate(Env& env, uint64_t memory, const Workload& wl) {
+Sample vmctl_migrate(Env& env, uint64_t memory, const Workload& wl, bool plaintext) {
   Sample s;
-  std::string name = create_vmctl_vm(env, memory, wl);
+  DaemonProcess& a = plaintext ? *env.plain_a : *env.a;
+  DaemonProcess& b = plaintext ? *env.plain_b : *env.b;
+  std::string name = create_vmctl_vm(env, a, memory, wl);
   struct Cleanup {
-    Env& env;
+    DaemonProcess &a, &b;
     std::string name;
     ~Cleanup() {
-      env.a->remove(name);
-      env.b->remove(name);
+      a.remove(name);
+      b.remove(name);
     }
-  } cleanup{env, name};
-  std::string dst_path = env.b->console_path(name);
+  } cleanup{a, b, name};
+  std::string dst_path = b.console_path(name);
   unlink(dst_path.c_str());
-  ConsoleWatch src_console(env.a->console_path(name)), dst_console(dst_path);
+  ConsoleWatch src_console(a.console_path(name)), dst_console(dst_path);
   if (!guest_going(src_console, wl)) throw Failure("vmctl: the guest did not get going");
   grpc::ClientContext context;
   v1::MigrateRequest request;
   request.set_name(name);
-  request.set_destination(fmt::format("127.0.0.1:{}", env.port_b));
+  request.set_destination(fmt::format("127.0.0.1:{}", plaintext ? env.plain_port_b : env.port_b));
   request.set_max_seconds(static_cast<uint32_t>(env.max_seconds));  // the run's budget
+  const CpuGroup* group = plaintext ? env.plain_cpu : env.vmctl_cpu;
+  std::optional<CpuWindow> cpu;
+  if (group)
+    cpu.emplace(*group, [](const std::string& thread) { return thread.rfind("vcpu", 0) == 0; });
   Clock::time_point start = Clock::now();
-  auto reader = env.a->stub().Migrate(&context, request);
+  auto reader = a.stub().Migrate(&context, request);
   v1::MigrationProgress p, last;
   while (reader->Read(&p)) last = p;
   grpc::Status result = reader->Finish();
   s.total_s = seconds_between(start, Clock::now());
+  record_cpu(s, cpu ? &*cpu : nullptr);
   s.bytes = last.bytes_sent();
   s.rounds = last.round() + 1;
   s.own = {{"elapsed_seconds", last.elapsed_seconds()},
            {"phase", last.phase()},
+           {"data_transport", last.data_transport()},
            {"bandwidth_mib_s", last.bandwidth_mib_s()},
            {"downtime",
             {{"total_ms", last.downtime().total_ms()},
@@ -757,6 +744,10 @@ Sample vmctl_migrate(Env& env, uint64_t memory, const Workload& wl) {
                 s.error.find("gave up") != std::string::npos;
     return s;
   }
+  if (last.data_transport() != (plaintext ? "plaintext" : "tls")) {
+    throw Failure("vmctl: the migration's data went over " + last.data_transport() + ", not " +
+                  (plaintext ? "plaintext" : "tls") + ": the daemons' configuration is off");
+  }
   s.downtime_ms = last.downtime().total_ms();
   if (!dst_console.wait([](ConsoleWatch& c) { return !c.beats().empty(); }, 30s)) {
     throw Failure("vmctl: the destination guest did not beat: " + dst_console.tail());
@@ -772,7 +763,7 @@ Sample vmctl_migrate(Env& env, uint64_t memory, const Workload& wl) {
 
 std::pair<Sample, Sample> vmctl_snapshot(Env& env, uint64_t memory, const Workload& wl) {
   Sample save, restore;
-  std::string name = create_vmctl_vm(env, memory, wl);
+  std::string name = create_vmctl_vm(env, *env.a, memory, wl);
   std::string restored = name + "r";
   std::string file = fmt::format("{}/vmctl-{}.snap", env.dir, name);
   struct Cleanup {
@@ -895,6 +886,13 @@ struct Figures {
       return std::optional<double>(static_cast<double>(s.bytes) / (1 << 20));
     });
   }
+  // CPU seconds of the VMM and its daemons (not the guest) per GiB on the wire.
+  std::optional<Spread> cpu_per_gib() const {
+    return of([](const Sample& s) -> std::optional<double> {
+      if (!s.vmm_cpu_s || s.bytes == 0) return std::nullopt;
+      return *s.vmm_cpu_s / (static_cast<double>(s.bytes) / (1u << 30));
+    });
+  }
   std::optional<Spread> rounds() const {
     return of([](const Sample& s) { return s.rounds; });
   }
@@ -912,11 +910,6 @@ struct Figures {
       return std::optional<double>(static_cast<double>(s.bytes) / (1 << 20) / s.total_s);
     });
   }
-};
-
-struct Limits {
-  double memcpy_mib_s = 0;
-  double tcp_mib_s = 0;
 };
 
 struct CaseResult {
@@ -951,7 +944,18 @@ json sample_json(const Sample& s) {
   if (s.downtime_ms) j["downtime_ms"] = *s.downtime_ms;
   if (s.gap_ms) j["heartbeat_gap_ms"] = *s.gap_ms;
   if (s.rounds) j["rounds"] = *s.rounds;
+  if (s.vmm_cpu_s) j["vmm_cpu_s"] = *s.vmm_cpu_s;
+  if (s.guest_cpu_s) j["guest_cpu_s"] = *s.guest_cpu_s;
   return j;
+}
+
+json ratio_json(const Figures& v, const Figures& q) {
+  auto r = [](std::optional<double> x) { return x ? json(*x) : json(nullptr); };
+  return {{"total_s", r(ratio(v.total(), q.total()))},
+          {"downtime_ms", r(ratio(v.downtime(), q.downtime()))},
+          {"heartbeat_gap_ms", r(ratio(v.gap(), q.gap()))},
+          {"mib", r(ratio(v.mib(), q.mib()))},
+          {"vmm_cpu_s_per_gib", r(ratio(v.cpu_per_gib(), q.cpu_per_gib()))}};
 }
 
 json case_json(const CaseResult& c, const Limits& limits) {
@@ -968,6 +972,7 @@ json case_json(const CaseResult& c, const Limits& limits) {
         {"heartbeat_gap_ms", spread_json(f.gap())},
         {"mib", spread_json(f.mib())},
         {"rounds", spread_json(f.rounds())},
+        {"vmm_cpu_s_per_gib", spread_json(f.cpu_per_gib())},
         {"mib_s", spread_json(rate)},
         {"fraction_of_limit", rate ? json(rate->median / limit_for(c, limits)) : json(nullptr)}};
   }
@@ -986,13 +991,12 @@ json case_json(const CaseResult& c, const Limits& limits) {
     if (c.systems.count(System::kQemuTls))
       others.push_back({"ratio_vs_qemu_tls", System::kQemuTls});
     for (auto [key, other] : others) {
-      const Figures& q = c.systems.at(other);
-      auto r = [](std::optional<double> x) { return x ? json(*x) : json(nullptr); };
-      j[key] = {{"total_s", r(ratio(v.total(), q.total()))},
-                {"downtime_ms", r(ratio(v.downtime(), q.downtime()))},
-                {"heartbeat_gap_ms", r(ratio(v.gap(), q.gap()))},
-                {"mib", r(ratio(v.mib(), q.mib()))}};
+      j[key] = ratio_json(v, c.systems.at(other));
     }
+  }
+  if (c.systems.count(System::kVmctlPlain) && c.systems.count(System::kQemuTuned)) {
+    j["ratio_plain_vs_qemu_tuned"] =
+        ratio_json(c.systems.at(System::kVmctlPlain), c.systems.at(System::kQemuTuned));
   }
   return j;
 }
@@ -1015,10 +1019,28 @@ void add_rows(Report& report, const CaseResult& c, const Limits& limits) {
                 {"hb gap ms", spread_cell(f.gap(), 1)},
                 {"MiB", spread_cell(f.mib(), 1)},
                 {"rounds", spread_cell(f.rounds(), 0)},
+                {"CPU s/GiB", spread_cell(f.cpu_per_gib(), 2)},
                 {"MiB/s", rate ? fmt::format("{:.0f}", rate->median) : "-"},
                 {"of limit",
                  rate ? fmt::format("{:.1f}%", 100 * rate->median / limit_for(c, limits)) : "-"},
                 {"note", note}});
+  }
+  auto cell = [](std::optional<double> r) { return r ? fmt::format("x{:.2f}", *r) : "-"; };
+  auto ratio_row = [&](const Figures& v, const Figures& q, const std::string& label) {
+    report.add({{"guest", c.guest},
+                {"workload", c.workload},
+                {"op", c.operation},
+                {"system", label},
+                {"total s", cell(ratio(v.total(), q.total()))},
+                {"downtime ms", cell(ratio(v.downtime(), q.downtime()))},
+                {"hb gap ms", cell(ratio(v.gap(), q.gap()))},
+                {"MiB", cell(ratio(v.mib(), q.mib()))},
+                {"CPU s/GiB", cell(ratio(v.cpu_per_gib(), q.cpu_per_gib()))}});
+  };
+  // Plaintext against plain TCP: the same (lack of) protection.
+  if (c.systems.count(System::kVmctlPlain) && c.systems.count(System::kQemuTuned)) {
+    ratio_row(c.systems.at(System::kVmctlPlain), c.systems.at(System::kQemuTuned),
+              "vmctl-plain/qemu-tuned (same protection)");
   }
   if (!c.systems.count(System::kVmctl) || !c.systems.count(System::kQemuDefault) ||
       !c.systems.count(System::kQemuTuned)) {
@@ -1031,19 +1053,11 @@ void add_rows(Report& report, const CaseResult& c, const Limits& limits) {
   // vmctl always migrates over mutual TLS: this is the comparison with the same protection.
   if (c.systems.count(System::kQemuTls)) others.push_back(System::kQemuTls);
   for (System other : others) {
-    const Figures& q = c.systems.at(other);
-    auto cell = [](std::optional<double> r) { return r ? fmt::format("x{:.2f}", *r) : "-"; };
-    report.add({{"guest", c.guest},
-                {"workload", c.workload},
-                {"op", c.operation},
-                {"system", fmt::format("vmctl/{}{}", system_name(other),
-                                       other == best               ? " (best)"
-                                       : other == System::kQemuTls ? " (same protection)"
-                                                                   : "")},
-                {"total s", cell(ratio(v.total(), q.total()))},
-                {"downtime ms", cell(ratio(v.downtime(), q.downtime()))},
-                {"hb gap ms", cell(ratio(v.gap(), q.gap()))},
-                {"MiB", cell(ratio(v.mib(), q.mib()))}});
+    ratio_row(v, c.systems.at(other),
+              fmt::format("vmctl/{}{}", system_name(other),
+                          other == best               ? " (best)"
+                          : other == System::kQemuTls ? " (same protection)"
+                                                      : ""));
   }
 }
 
@@ -1051,10 +1065,12 @@ struct Options {
   std::vector<std::string> sizes = {"512M", "2G"};
   std::vector<std::string> workloads = {"idle", "dirty64", "dirtymax"};
   std::vector<std::string> operations = {"migrate", "snapshot"};
-  std::vector<std::string> systems = {"vmctl", "qemu-default", "qemu-tuned", "qemu-tls"};
+  std::vector<std::string> systems = {"vmctl", "vmctl-plain", "qemu-default", "qemu-tuned",
+                                      "qemu-tls"};
   int repeats = 3;
   int max_seconds = 30;
   bool smoke = false;
+  bool limits_only = false;
   std::string qemu = "qemu-system-x86_64";
   std::string json_path, markdown_path;
 };
@@ -1069,6 +1085,8 @@ int run(Options o) {
   for (const std::string& s : o.systems) {
     if (s == "vmctl")
       systems.push_back(System::kVmctl);
+    else if (s == "vmctl-plain")
+      systems.push_back(System::kVmctlPlain);
     else if (s == "qemu-default")
       systems.push_back(System::kQemuDefault);
     else if (s == "qemu-tuned")
@@ -1076,10 +1094,12 @@ int run(Options o) {
     else if (s == "qemu-tls")
       systems.push_back(System::kQemuTls);
     else
-      throw Failure("unknown system " + s + " (vmctl, qemu-default, qemu-tuned, qemu-tls)");
+      throw Failure("unknown system " + s +
+                    " (vmctl, vmctl-plain, qemu-default, qemu-tuned, qemu-tls)");
   }
-  bool want_qemu =
-      std::any_of(systems.begin(), systems.end(), [](System s) { return s != System::kVmctl; });
+  bool want_qemu = std::any_of(systems.begin(), systems.end(), [](System s) {
+    return s != System::kVmctl && s != System::kVmctlPlain;
+  });
   if (want_qemu && std::system(("command -v " + o.qemu + " >/dev/null 2>&1").c_str()) != 0) {
     throw Failure(o.qemu +
                   " is not installed (apt-get install qemu-system-x86, or scripts/dev.sh "
@@ -1116,12 +1136,27 @@ int run(Options o) {
   limits.tcp_mib_s = loopback_tcp_mib_s(o.smoke ? (1ull << 30) : (4ull << 30));
   std::fprintf(stderr, "compare_bench: memcpy %.0f MiB/s, loopback TCP (one stream) %.0f MiB/s\n",
                limits.memcpy_mib_s, limits.tcp_mib_s);
+  // One vmctl data connection, through the product's own sender and receiver.
+  const uint64_t connection_bytes = o.smoke ? (256ull << 20) : (1ull << 30);
+  limits.data_connection_plain_mib_s = data_connection_mib_s(connection_bytes, "");
+  limits.data_connection_tls_mib_s = data_connection_mib_s(connection_bytes, tls);
+  std::fprintf(stderr,
+               "compare_bench: one data connection: plaintext %.0f MiB/s (%.0f%% of TCP), TLS %.0f "
+               "MiB/s (%.0f%%)\n",
+               *limits.data_connection_plain_mib_s,
+               100 * *limits.data_connection_plain_mib_s / limits.tcp_mib_s,
+               *limits.data_connection_tls_mib_s,
+               100 * *limits.data_connection_tls_mib_s / limits.tcp_mib_s);
+  if (o.limits_only) {
+    std::system(("rm -rf " + env.dir).c_str());
+    return 0;
+  }
 
   Report report(
       "vmctl vs QEMU (min / median / max over the runs; ratio rows: vmctl median / "
       "QEMU median)",
       {"guest", "workload", "op", "system", "ok", "total s", "downtime ms", "hb gap ms", "MiB",
-       "rounds", "MiB/s", "of limit", "note"});
+       "rounds", "CPU s/GiB", "MiB/s", "of limit", "note"});
   report.set_text_columns(4);
   // Where vmctl's switchover downtime goes (its own figures): the source pauses the VM and sends
   // the last dirty pages, then the vCPU and device records; the destination restores them and
@@ -1140,10 +1175,31 @@ int run(Options o) {
   bool hard_failure = false;
   int port_a = 17000 + getpid() % 1000 + 500;
   env.port_b = port_a + 1000;
+  // One cgroup per system for its CPU time (cpu_accounting.h); they outlive the processes.
+  const std::string cg = fmt::format("vmctl-compare-bench-{}", getpid());
+  std::unique_ptr<CpuGroup> vmctl_cpu = CpuGroup::create(cg + "-vmctl");
+  std::unique_ptr<CpuGroup> plain_cpu = CpuGroup::create(cg + "-vmctl-plain");
+  std::unique_ptr<CpuGroup> qemu_cpu = CpuGroup::create(cg + "-qemu");
+  if (!vmctl_cpu || !plain_cpu || !qemu_cpu) {
+    std::fprintf(stderr, "compare_bench: no cgroup for CPU accounting here: CPU s/GiB left out\n");
+  } else {
+    env.vmctl_cpu = vmctl_cpu.get();
+    env.plain_cpu = plain_cpu.get();
+    env.qemu_cpu = qemu_cpu.get();
+  }
   {
-    DaemonProcess a(env.dir + "/a", port_a, tls), b(env.dir + "/b", env.port_b, tls);
+    DaemonProcess a(env.dir + "/a", port_a, tls, "", env.vmctl_cpu),
+        b(env.dir + "/b", env.port_b, tls, "", env.vmctl_cpu);
     env.a = &a;
     env.b = &b;
+    // The plaintext pair: both list 127.0.0.1 as a trusted migration network.
+    const std::string trusting = env.dir + "/trusted.toml";
+    std::ofstream(trusting) << "[migration]\ntrusted_networks = [\"127.0.0.1/32\"]\n";
+    env.plain_port_b = env.port_b + 1;
+    DaemonProcess plain_a(env.dir + "/pa", port_a + 1, tls, trusting, env.plain_cpu),
+        plain_b(env.dir + "/pb", env.plain_port_b, tls, trusting, env.plain_cpu);
+    env.plain_a = &plain_a;
+    env.plain_b = &plain_b;
     for (const std::string& size_text : o.sizes) {
       Result<uint64_t> size = parse_size(size_text);
       if (!size.ok()) throw Failure(size.error().message());
@@ -1155,7 +1211,10 @@ int run(Options o) {
           for (int rep = 0; rep < o.repeats; ++rep) {
             for (const std::string& op : o.operations) {
               // TLS changes nothing in a snapshot file.
-              if (system == System::kQemuTls && op != "migrate") continue;
+              if ((system == System::kQemuTls || system == System::kVmctlPlain) &&
+                  op != "migrate") {
+                continue;
+              }
               std::fprintf(stderr, "compare_bench: %s %s %s %s run %d/%d...\n",
                            format_size(*size).c_str(), wl.name.c_str(), op.c_str(),
                            system_name(system), rep + 1, o.repeats);
@@ -1167,10 +1226,10 @@ int run(Options o) {
               };
               try {
                 if (op == "migrate") {
-                  Sample s = system == System::kVmctl
-                                 ? vmctl_migrate(env, *size, wl)
-                                 : qemu_migrate(env, *size, wl, system != System::kQemuDefault,
-                                                system == System::kQemuTls);
+                  const bool vmctl = system == System::kVmctl || system == System::kVmctlPlain;
+                  Sample s = vmctl ? vmctl_migrate(env, *size, wl, system == System::kVmctlPlain)
+                                   : qemu_migrate(env, *size, wl, system != System::kQemuDefault,
+                                                  system == System::kQemuTls);
                   note(s);
                   migrate.systems[system].samples.push_back(s);
                 } else if (op == "snapshot") {
@@ -1214,24 +1273,33 @@ int run(Options o) {
 
   std::string limits_line = fmt::format(
       "Machine limits: memcpy {:.0f} MiB/s, one loopback TCP stream {:.0f} MiB/s. \"of limit\": "
-      "MiB/s as a share of TCP (migrate) or memcpy (save, restore).",
-      limits.memcpy_mib_s, limits.tcp_mib_s);
+      "MiB/s as a share of TCP (migrate) or memcpy (save, restore).\n\nOne vmctl data connection "
+      "(page runs from guest memory to guest memory over loopback, the product's sender and "
+      "receiver): plaintext {:.0f} MiB/s ({:.0f}% of the TCP stream), mutual TLS {:.0f} MiB/s "
+      "({:.0f}%).",
+      limits.memcpy_mib_s, limits.tcp_mib_s, *limits.data_connection_plain_mib_s,
+      100 * *limits.data_connection_plain_mib_s / limits.tcp_mib_s,
+      *limits.data_connection_tls_mib_s,
+      100 * *limits.data_connection_tls_mib_s / limits.tcp_mib_s);
   std::string markdown = report.markdown() + "\n" + limits_line + "\n";
   if (std::find(o.operations.begin(), o.operations.end(), "migrate") != o.operations.end()) {
     markdown += "\n" + downtime_parts.markdown();
   }
   std::fputs(markdown.c_str(), stdout);
-  json out = {
-      {"benchmark", "vmctl vs QEMU"},
-      {"context",
-       {{"host", host_context()},
-        {"limits_mib_s", {{"memcpy", limits.memcpy_mib_s}, {"loopback_tcp", limits.tcp_mib_s}}},
-        {"repeats", o.repeats},
-        {"max_seconds", o.max_seconds},
-        {"heartbeat_ms", kHeartbeatMs},
-        {"qemu", o.qemu},
-        {"qemu_default_migration_parameters", env.qemu_defaults}}},
-      {"cases", cases}};
+  json out = {{"benchmark", "vmctl vs QEMU"},
+              {"context",
+               {{"host", host_context()},
+                {"limits_mib_s",
+                 {{"memcpy", limits.memcpy_mib_s},
+                  {"loopback_tcp", limits.tcp_mib_s},
+                  {"data_connection_plaintext", *limits.data_connection_plain_mib_s},
+                  {"data_connection_tls", *limits.data_connection_tls_mib_s}}},
+                {"repeats", o.repeats},
+                {"max_seconds", o.max_seconds},
+                {"heartbeat_ms", kHeartbeatMs},
+                {"qemu", o.qemu},
+                {"qemu_default_migration_parameters", env.qemu_defaults}}},
+              {"cases", cases}};
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
     f << out.dump(2) << "\n";
@@ -1280,7 +1348,7 @@ int main(int argc, char** argv) {
   app.add_option("--operations", o.operations, "migrate, snapshot (save and restore)")
       ->delimiter(',')
       ->capture_default_str();
-  app.add_option("--systems", o.systems, "vmctl, qemu-default, qemu-tuned")
+  app.add_option("--systems", o.systems, "vmctl, vmctl-plain, qemu-default, qemu-tuned, qemu-tls")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--repeats", o.repeats, "Runs per case and system")->capture_default_str();
@@ -1289,6 +1357,9 @@ int main(int argc, char** argv) {
                  "max_seconds)")
       ->capture_default_str();
   app.add_flag("--smoke", o.smoke, "One small case (128 MiB idle, one run) on every system");
+  app.add_flag("--limits-only", o.limits_only,
+               "Measure the machine's limits (memcpy, one TCP stream, one vmctl data connection) "
+               "and stop");
   app.add_option("--qemu", o.qemu, "The QEMU binary")->capture_default_str();
   app.add_option("--json", o.json_path, "Write the results as JSON (one object per case)");
   app.add_option("--markdown", o.markdown_path, "Write the markdown table to this file too");

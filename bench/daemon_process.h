@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 
+#include "bench/cpu_accounting.h"
 #include "proto/vmctl.grpc.pb.h"
 
 namespace vmctl::bench {
@@ -27,7 +28,11 @@ namespace vmctl::bench {
 class DaemonProcess {
  public:
   // `tls` holds ca.pem, node.pem and node.key (scripts/make-test-certs.sh).
-  DaemonProcess(const std::string& dir, int port, const std::string& tls) : dir_(dir) {
+  // `config`: a vmctld.toml for --config (none when empty). `group`: the cgroup the daemon (and
+  // so every VM process it starts) runs in, for CPU accounting.
+  DaemonProcess(const std::string& dir, int port, const std::string& tls,
+                const std::string& config = "", const CpuGroup* group = nullptr)
+      : dir_(dir) {
     using namespace std::chrono_literals;
     mkdir(dir.c_str(), 0700);
     // VMCTL_BENCH_LOG=info (or debug) shows the daemons' logs on stderr, with timestamps, to see
@@ -48,8 +53,10 @@ class DaemonProcess {
                                      tls + "/node.key",
                                      "--log-level",
                                      level && *level ? level : "warn"};
+    if (!config.empty()) args.insert(args.end(), {"--config", config});
     pid_ = fork();
     if (pid_ == 0) {
+      if (group) group->enter();
       std::vector<char*> argv;
       for (auto& a : args) argv.push_back(a.data());
       argv.push_back(nullptr);

@@ -217,11 +217,16 @@ int migrate_command(DaemonOptions& o) {
   if (!o.json) {
     const v1::DowntimeBreakdown& d = last.downtime();
     std::printf(
-        "migrated %s to %s in %.2f s: %u rounds, %s sent; downtime %.1f ms (pause to last page "
-        "%.1f, device state %.1f, destination restore %.1f, switchover %.1f)\n",
+        "migrated %s to %s in %.2f s: %u rounds, %s sent (data over %s); downtime %.1f ms (pause "
+        "to last page %.1f, device state %.1f, destination restore %.1f, switchover %.1f)\n",
         o.name.c_str(), o.destination.c_str(), last.elapsed_seconds(), last.round() + 1,
-        format_size(last.bytes_sent()).c_str(), d.total_ms(), d.pause_to_last_page_ms(),
-        d.last_page_to_state_ms(), d.state_to_ready_ms(), d.switchover_ms());
+        format_size(last.bytes_sent()).c_str(),
+        last.data_transport() == "tls"         ? "mutual TLS"
+        : last.data_transport() == "plaintext" ? "plaintext, trusted network"
+        : last.data_transport() == "unix"      ? "a unix socket"
+                                               : "?",
+        d.total_ms(), d.pause_to_last_page_ms(), d.last_page_to_state_ms(), d.state_to_ready_ms(),
+        d.switchover_ms());
   }
   return 0;
 }

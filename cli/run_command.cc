@@ -37,6 +37,14 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   run->add_option("--control", o.control,
                   "Listen on this unix socket for `vmctl snapshot/pause/resume --control`");
   add_dirty_tracking_options(run, o.dirty_tracking, o.dirty_ring_entries);
+  run->add_option("--irqchip", o.irqchip,
+                  "Who models the interrupt controllers: kernel (KVM's in-kernel LAPIC, IOAPIC, "
+                  "PIC and PIT; fast, what guests with legacy devices need) or user (vmctl's own "
+                  "local APIC in userspace, architectural on any host: ISR, EOI order and TPR as "
+                  "the SDM says; no IOAPIC, PIC or PIT; snapshots and migrations of such a VM "
+                  "are not supported yet)")
+      ->check(CLI::IsMember({"kernel", "user"}))
+      ->capture_default_str();
   add_sandbox_options(run, o.sandbox);
   return run;
 }
@@ -110,6 +118,12 @@ int run_vm(const RunOptions& o) {
   }
   config.dirty_tracking = *tracking;
   config.dirty_ring_entries = o.dirty_ring_entries;
+  Result<vmm::IrqchipMode> irqchip = vmm::parse_irqchip_mode(o.irqchip);
+  if (!irqchip.ok()) {
+    std::fprintf(stderr, "vmctl: %s\n", irqchip.error().message().c_str());
+    return 2;
+  }
+  config.irqchip = *irqchip;
 
   vmprocess::block_stop_signals();
   Result<std::unique_ptr<vmm::Vm>> created = vmm::Vm::create(config);

@@ -26,6 +26,7 @@ struct RunOptions {
   std::string max_guest_memory;
   std::string dirty_tracking = "auto";
   uint32_t dirty_ring_entries = 0;
+  std::string irqchip = "kernel";  // vmm::IrqchipMode
   SandboxFlags sandbox;
 };
 

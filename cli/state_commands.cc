@@ -130,6 +130,9 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                         "Take the data connections on this unix socket");
   c.receive->add_option("--data-listen", o.data_listen,
                         "Take the data connections on this address (TCP, mutual TLS)");
+  c.receive->add_flag("--data-plaintext", o.data_plaintext,
+                      "With --data-listen: no TLS; the daemons agreed that their network is "
+                      "trusted (connections still prove the migration's secret)");
   c.receive->add_option("--tls-ca", o.tls_ca, "PEM CA of the data connections' certificates");
   c.receive->add_option("--tls-cert", o.tls_cert, "PEM certificate of this side");
   c.receive->add_option("--tls-key", o.tls_key, "PEM private key of this side");
@@ -151,6 +154,7 @@ int receive_command(const StateOptions& o) {
   options.data_connections = o.data_connections;
   options.data_socket = o.data_socket;
   options.data_listen = o.data_listen;
+  options.data_plaintext = o.data_plaintext;
   options.tls = migrate::TlsConfig{o.tls_ca, o.tls_cert, o.tls_key};
   options.control = o.control;
   options.console_log = o.console_log;

@@ -38,6 +38,7 @@ struct StateOptions {
   unsigned data_connections = 1;  // receive: how many the source opens
   std::string data_socket;        // receive: listen on this unix socket ...
   std::string data_listen;        // ... or on this host's TCP address with TLS
+  bool data_plaintext = false;    // ... or without it (a trusted network)
   std::string tls_ca, tls_cert, tls_key;
   unsigned vcpus = 0;
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)

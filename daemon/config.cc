@@ -11,6 +11,7 @@
 #include <toml++/toml.h>
 
 #include "base/text.h"
+#include "daemon/trusted_networks.h"
 
 namespace vmctl::daemon {
 namespace {
@@ -133,9 +134,9 @@ Result<DaemonConfig> parse_daemon_config(const std::string& text, const std::str
     return Error::user(
         fmt::format("{}:{}: {}", name, e.source().begin.line, sanitize_text(e.description())));
   }
-  TRY(reject_unknown(name, root, "", {"roles", "paths", "socket", "sandbox"}));
+  TRY(reject_unknown(name, root, "", {"roles", "paths", "socket", "sandbox", "migration"}));
   DaemonConfig config;
-  for (const char* section : {"roles", "paths", "socket", "sandbox"}) {
+  for (const char* section : {"roles", "paths", "socket", "sandbox", "migration"}) {
     const toml::node* node = root.get(section);
     if (node && !node->is_table()) {
       return Error::user(
@@ -157,6 +158,20 @@ Result<DaemonConfig> parse_daemon_config(const std::string& text, const std::str
   }
   if (const toml::table* sandbox = root["sandbox"].as_table()) {
     TRY(parse_sandbox(name, *sandbox, config));
+  }
+  if (const toml::table* migration = root["migration"].as_table()) {
+    TRY(reject_unknown(name, *migration, "migration", {"trusted_networks"}));
+    if (migration->contains("trusted_networks")) {
+      config.trusted_networks = TRY(string_list(name, *migration, "migration", "trusted_networks"));
+      for (const std::string& network : config.trusted_networks) {
+        Result<IpNetwork> parsed = parse_ip_network(network);
+        if (!parsed.ok()) {
+          return Error::user(fmt::format("{}: migration.trusted_networks: {}",
+                                         where(name, *migration->get("trusted_networks")),
+                                         parsed.error().message()));
+        }
+      }
+    }
   }
   return config;
 }

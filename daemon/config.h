@@ -35,6 +35,9 @@ struct DaemonConfig {
   mode_t socket_mode = 0600;
   std::optional<gid_t> socket_group;
   SandboxConfig sandbox;
+  // [migration] trusted_networks: CIDR blocks whose peers may get plaintext data connections
+  // (validated, daemon/trusted_networks.h); empty: every data connection over TCP uses TLS.
+  std::vector<std::string> trusted_networks;
 };
 
 // Parses the file; errors name the file, the line and the key.

@@ -102,6 +102,7 @@ struct IncomingMigrations::Migration {
   std::string id, vm, source, secret;
   unsigned stream_count = 1;
   bool stay_paused = false;
+  bool plaintext = false;  // data connections without TLS (trusted network, data_plane.md)
   grpc::ServerContext* control_context = nullptr;
   ControlStream* control_stream = nullptr;  // while the Control call runs
   std::mutex write_mu;                      // one writer on the control stream
@@ -253,8 +254,14 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
   const std::string peer = context->peer();
   bool local =
       peer.rfind("fd:", 0) == 0 || peer.rfind("unix:", 0) == 0 || limits_.data.listen_host.empty();
+  // Plaintext only when both sides trust each other's network: the source asked (it trusts
+  // ours) and the address its control stream came from is on one of our trusted networks.
+  m->plaintext = !local && offer.plaintext_data() && limits_.data.trusted.contains_grpc_peer(peer);
   if (local) {
     how.args.insert(how.args.end(), {"--data-socket", data_socket_path(m->id)});
+  } else if (m->plaintext) {
+    how.args.insert(how.args.end(),
+                    {"--data-listen", limits_.data.listen_host, "--data-plaintext"});
   } else {
     how.args.insert(how.args.end(),
                     {"--data-listen", limits_.data.listen_host, "--tls-ca", limits_.data.tls.ca,
@@ -301,8 +308,10 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
   m->data_endpoint = *listening;
   m->verdict_reader = std::thread([this, m] { read_verdict(m); });
   m->deadline_watch = std::thread([this, m] { watch_deadlines(m); });
-  spdlog::info("VM {}: receiving migration {} from {} over {} stream{}", m->vm, m->id, m->source,
-               m->stream_count, m->stream_count == 1 ? "" : "s");
+  spdlog::info("VM {}: receiving migration {} from {} over {} {}data connection{}", m->vm, m->id,
+               m->source, m->stream_count,
+               m->plaintext ? "plaintext (trusted network) " : (local ? "local " : "TLS "),
+               m->stream_count == 1 ? "" : "s");
   return m;
 }
 
@@ -522,6 +531,7 @@ grpc::Status IncomingMigrations::control(grpc::ServerContext* context, ControlSt
     v1::MigrationEvent ok = event(v1::MigrationEvent::ACCEPTED);
     ok.set_secret(m->secret);
     ok.set_data_endpoint(m->data_endpoint);
+    ok.set_data_plaintext(m->plaintext);
     Result<nlohmann::json> report = cached_host_report();
     if (report.ok()) {
       ok.set_host_report_json(

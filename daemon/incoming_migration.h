@@ -17,6 +17,7 @@
 
 #include "base/error.h"
 #include "base/fd.h"
+#include "daemon/trusted_networks.h"
 #include "daemon/vm_manager.h"
 #include "migrate/channel.h"
 #include "migrate/journal.h"
@@ -29,6 +30,8 @@ struct IncomingDataPlane {
   std::string listen_host;  // from --listen: TCP with the daemon's TLS identity; empty: none
   migrate::TlsConfig tls;
   std::string socket_dir;  // unix sockets for local sources
+  // Sources on these networks that ask for plaintext data connections get them.
+  TrustedNetworks trusted;
 };
 
 struct IncomingLimits {

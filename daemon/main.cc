@@ -188,6 +188,16 @@ int main(int argc, char** argv) {
                  config_path.c_str());
     return 2;
   }
+  // Checked when the file was read: parse cannot fail here.
+  daemon::TrustedNetworks trusted;
+  if (Result<daemon::TrustedNetworks> t = daemon::TrustedNetworks::parse(config.trusted_networks);
+      t.ok()) {
+    trusted = std::move(*t);
+  }
+  if (!trusted.empty()) {
+    spdlog::info("plaintext migration data with peers on {} (both daemons must list each other)",
+                 trusted.describe());
+  }
   daemon::PeerCredentials unix_peers;
   access->authorizer.set_peer_credentials(&unix_peers);
   std::string data_socket_dir = manager_options.state_dir + "/data";
@@ -239,9 +249,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   incoming_limits.data.socket_dir = data_socket_dir;
+  incoming_limits.data.trusted = trusted;
   daemon::IncomingMigrations incoming(**manager, *journal, incoming_limits);
   daemon::OutgoingMigrations outgoing(**manager, *journal,
-                                      migrate::TlsConfig{tls.ca, tls.cert, tls.key});
+                                      migrate::TlsConfig{tls.ca, tls.cert, tls.key}, trusted);
   (*manager)->set_exit_listener(
       [&incoming](const std::string& vm, pid_t pid) { incoming.process_ended(vm, pid); });
   // Migrations that were under way when the daemon last stopped: settle them before serving.

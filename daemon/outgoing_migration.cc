@@ -164,6 +164,7 @@ class OutgoingMigrations::Run {
 
   void emit(v1::MigrationProgress p) {
     p.set_migration_id(job_->id);
+    p.set_data_transport(data_transport_);
     p.set_elapsed_seconds(std::chrono::duration<double>(Clock::now() - start_).count());
     last_ = p;
     (void)writer_->Write(p);
@@ -191,9 +192,22 @@ class OutgoingMigrations::Run {
     offer.set_paused(before_ == v1::VM_STATE_PAUSED);
     offer.set_memory_bytes(vm_.config().memory_bytes());
     offer.set_vcpus(vm_.config().cpus());
+    // Plaintext data is asked for only over TCP, and only when every address the destination's
+    // name resolves to is on a network this daemon trusts; the destination must trust ours too.
+    Result<migrate::Endpoint> where = migrate::parse_endpoint(r_.destination());
+    const bool tcp = where.ok() && !where->unix_socket;
+    offer.set_plaintext_data(tcp && o_.trusted_.contains_host(where->host));
     ControlEvent accepted;
     channel_ = TRY(migrate::ControlChannel::open(
         r_.destination(), o_.tls_, offer, std::chrono::milliseconds(kAcceptTimeout), &accepted));
+    if (accepted.data_plaintext && !offer.plaintext_data()) {
+      return Error::user(fmt::format(
+          "the destination {} answered with plaintext data connections, which this daemon did "
+          "not ask for (its network is not under [migration] trusted_networks here): refused",
+          r_.destination()));
+    }
+    plaintext_ = accepted.data_plaintext;
+    data_transport_ = !tcp ? "unix" : plaintext_ ? "plaintext" : "tls";
     secret_ = accepted.secret;
     data_endpoint_ = TRY(migrate::data_endpoint_for(r_.destination(), accepted.data_endpoint));
     // Can the guest run there at all? (Before a single page is sent.)
@@ -231,7 +245,8 @@ class OutgoingMigrations::Run {
         {"compression", r_.compression() < 0 ? 0 : r_.compression()},
         {"auto_converge", r_.policy() == v1::CONVERGENCE_AUTO_CONVERGE},
         {"stall_timeout_ms", (r_.stall_timeout_seconds() ? r_.stall_timeout_seconds() : 15) * 1000},
-        {"tls", {{"ca", o_.tls_.ca}, {"cert", o_.tls_.cert}, {"key", o_.tls_.key}}}};
+        {"tls", {{"ca", o_.tls_.ca}, {"cert", o_.tls_.cert}, {"key", o_.tls_.key}}},
+        {"plaintext", plaintext_}};
     Result<std::string> socket = o_.vms_.control_socket(r_.name());
     if (!socket.ok()) return socket.error();
     vmprocess::ControlStream progress = TRY(vmprocess::ControlStream::open(*socket, request));
@@ -486,6 +501,8 @@ class OutgoingMigrations::Run {
   migrate::MigrationRecord record_;
   std::unique_ptr<migrate::ControlChannel> channel_;
   std::string secret_, data_endpoint_, failure_;
+  bool plaintext_ = false;      // the destination agreed to plaintext data connections
+  std::string data_transport_;  // MigrationProgress.data_transport
   bool cancelled_by_process_ = false;
   bool source_process_gone_ = false;
   bool switchover_persisted_ = false;  // the journal says SWITCHOVER (written before it is sent)
@@ -498,8 +515,8 @@ class OutgoingMigrations::Run {
 };
 
 OutgoingMigrations::OutgoingMigrations(VmManager& vms, migrate::MigrationJournal& journal,
-                                       migrate::TlsConfig tls)
-    : vms_(vms), journal_(journal), tls_(std::move(tls)) {
+                                       migrate::TlsConfig tls, TrustedNetworks trusted)
+    : vms_(vms), journal_(journal), tls_(std::move(tls)), trusted_(std::move(trusted)) {
   settler_ = std::thread([this] { settle_in_doubt(); });
 }
 

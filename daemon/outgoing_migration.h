@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "base/error.h"
+#include "daemon/trusted_networks.h"
 #include "daemon/vm_manager.h"
 #include "migrate/channel.h"
 #include "migrate/journal.h"
@@ -24,7 +25,9 @@ namespace vmctl::daemon {
 
 class OutgoingMigrations {
  public:
-  OutgoingMigrations(VmManager& vms, migrate::MigrationJournal& journal, migrate::TlsConfig tls);
+  // `trusted`: destinations on these networks are asked for plaintext data connections.
+  OutgoingMigrations(VmManager& vms, migrate::MigrationJournal& journal, migrate::TlsConfig tls,
+                     TrustedNetworks trusted = {});
   ~OutgoingMigrations();
 
   // At start, before serving: rolls back what had not reached SWITCHOVER when the daemon
@@ -52,6 +55,7 @@ class OutgoingMigrations {
   VmManager& vms_;
   migrate::MigrationJournal& journal_;
   migrate::TlsConfig tls_;
+  TrustedNetworks trusted_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::shared_ptr<Job>> jobs_;  // by VM name, while Migrate runs

@@ -55,6 +55,7 @@ void ControlChannel::read_events() {
         e.secret = event.secret();
         e.host_report_json = event.host_report_json();
         e.data_endpoint = event.data_endpoint();
+        e.data_plaintext = event.data_plaintext();
         break;
       case v1::MigrationEvent::RESTORED:
         e.kind = ControlEvent::Kind::kReady;

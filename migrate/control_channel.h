@@ -36,6 +36,7 @@ struct ControlEvent {
   std::string secret;
   std::string host_report_json;
   std::string data_endpoint;  // ACCEPTED: "tcp PORT" or "unix PATH" (data_plane.md)
+  bool data_plaintext = false;  // ACCEPTED: without TLS (a trusted network)
 };
 
 class ControlChannel {

@@ -138,7 +138,7 @@ TlsContext::~TlsContext() {
 
 Result<std::unique_ptr<DataConnection>> DataConnection::connect(
     const std::string& endpoint, std::shared_ptr<TlsContext> tls,
-    std::chrono::milliseconds stall_timeout) {
+    std::chrono::milliseconds stall_timeout, bool trusted_network) {
   // A peer that closes while we write must be an error, not a signal that ends the VM process.
   ::signal(SIGPIPE, SIG_IGN);
   Endpoint e = TRY(parse_endpoint(endpoint));
@@ -155,7 +155,9 @@ Result<std::unique_ptr<DataConnection>> DataConnection::connect(
     }
     tune(fd.get(), false);
   } else {
-    if (!tls) return Error::user("a TCP data connection needs TLS (--tls-ca/--tls-cert/--tls-key)");
+    if (!tls && !trusted_network) {
+      return Error::user("a TCP data connection needs TLS (--tls-ca/--tls-cert/--tls-key)");
+    }
     addrinfo hints{};
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* found = nullptr;
@@ -183,18 +185,22 @@ Result<std::unique_ptr<DataConnection>> DataConnection::connect(
     tune(fd.get(), true);
   }
   set_timeouts(fd.get(), stall_timeout);
-  std::unique_ptr<DataConnection> c(new DataConnection(std::move(fd), std::move(tls), shown));
+  const bool plain_tcp = !e.unix_socket && !tls;
+  std::unique_ptr<DataConnection> c(
+      new DataConnection(std::move(fd), std::move(tls), shown, plain_tcp && trusted_network));
   if (c->tls_) TRY(c->handshake(/*server=*/false));
   return c;
 }
 
 Result<std::unique_ptr<DataConnection>> DataConnection::accept(Fd socket,
                                                                std::shared_ptr<TlsContext> tls,
-                                                               std::string peer) {
+                                                               std::string peer,
+                                                               bool trusted_network) {
   ::signal(SIGPIPE, SIG_IGN);
-  tune(socket.get(), tls != nullptr);
+  tune(socket.get(), tls != nullptr || trusted_network);
+  const bool plain_tcp = !tls && trusted_network;
   std::unique_ptr<DataConnection> c(
-      new DataConnection(std::move(socket), std::move(tls), std::move(peer)));
+      new DataConnection(std::move(socket), std::move(tls), std::move(peer), plain_tcp));
   if (c->tls_) TRY(c->handshake(/*server=*/true));
   return c;
 }

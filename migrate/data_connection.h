@@ -1,6 +1,7 @@
 // One data connection of a migration, between the source VM process and the destination VM
-// process (migrate/data_plane.md): a TCP socket with mutual TLS (OpenSSL, TLS 1.3 AES-GCM), or a
-// unix socket on one host, which its file permissions guard. Pages and records go through it
+// process (migrate/data_plane.md): a TCP socket with mutual TLS (OpenSSL, TLS 1.3 AES-GCM), a
+// plaintext TCP socket on a network both daemons trust, or a unix socket on one host, which its
+// file permissions guard. Pages and records go through it
 // without gRPC, protobuf or the daemons in the way.
 #pragma once
 
@@ -35,14 +36,17 @@ class TlsContext {
 
 class DataConnection final : public state::ByteSink, public state::ByteSource {
  public:
-  // `endpoint`: unix:/path or host:port. With `tls` (required for TCP) the handshake runs before
-  // this returns. Writes that make no progress for `stall_timeout` fail (a stalled peer).
+  // `endpoint`: unix:/path or host:port. With `tls` the handshake runs before this returns; TCP
+  // needs `tls` unless `trusted_network` (the daemons agreed on plaintext). Writes that make no
+  // progress for `stall_timeout` fail (a stalled peer).
   static Result<std::unique_ptr<DataConnection>> connect(const std::string& endpoint,
                                                          std::shared_ptr<TlsContext> tls,
-                                                         std::chrono::milliseconds stall_timeout);
+                                                         std::chrono::milliseconds stall_timeout,
+                                                         bool trusted_network = false);
   // An accepted socket; with `tls`, the server side of the handshake.
   static Result<std::unique_ptr<DataConnection>> accept(Fd socket, std::shared_ptr<TlsContext> tls,
-                                                        std::string peer);
+                                                        std::string peer,
+                                                        bool trusted_network = false);
   ~DataConnection() override;
 
   Status write(const void* data, size_t len) override;
@@ -54,8 +58,12 @@ class DataConnection final : public state::ByteSink, public state::ByteSource {
   Result<std::string> read_line(size_t max);
   Status write_line(const std::string& line);
 
-  // TLS authenticates every byte it carries (see kFramePayloadByTransport).
-  bool authenticated() const { return ssl_ != nullptr; }
+  // Whether page payloads may rest on the transport (kFramePayloadByTransport): TLS
+  // authenticates every byte it carries; on a trusted network the operator said the network
+  // delivers what was sent (TCP's checksums, as with QEMU's plain migration), and hashing the
+  // pages would need a copy of each (the guest writes them while they go out).
+  bool authenticated() const { return ssl_ != nullptr || trusted_network_; }
+  bool tls() const { return ssl_ != nullptr; }
   const std::string& peer() const { return peer_; }
   // Reads wait without a limit from now on (the accepting side set one for the hello).
   void clear_read_timeout();
@@ -63,8 +71,11 @@ class DataConnection final : public state::ByteSink, public state::ByteSource {
   void shut_down();
 
  private:
-  DataConnection(Fd fd, std::shared_ptr<TlsContext> tls, std::string peer)
-      : fd_(std::move(fd)), tls_(std::move(tls)), peer_(std::move(peer)) {}
+  DataConnection(Fd fd, std::shared_ptr<TlsContext> tls, std::string peer, bool trusted_network)
+      : fd_(std::move(fd)),
+        tls_(std::move(tls)),
+        peer_(std::move(peer)),
+        trusted_network_(trusted_network) {}
   Status handshake(bool server);
   Error io_error(const char* what, int ssl_result);
 
@@ -72,6 +83,7 @@ class DataConnection final : public state::ByteSink, public state::ByteSource {
   std::shared_ptr<TlsContext> tls_;
   ssl_st* ssl_ = nullptr;
   std::string peer_;
+  bool trusted_network_ = false;
 };
 
 // Splits "unix:/path", "/path" or "host:port" ("[v6]:port").

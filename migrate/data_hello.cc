@@ -10,7 +10,8 @@
 namespace vmctl::migrate {
 
 std::string format_hello(const DataHello& h) {
-  return fmt::format("VMCTL-DATA 1 {} {} {} {}", h.migration_id, h.secret, h.index, h.count);
+  return fmt::format("VMCTL-DATA {} {} {} {} {}", h.version, h.migration_id,
+                     h.version == 2 ? h.nonce : h.secret, h.index, h.count);
 }
 
 Result<DataHello> parse_hello(std::string_view line) {
@@ -27,7 +28,7 @@ Result<DataHello> parse_hello(std::string_view line) {
     at = space + 1;
   }
   if (words.size() != 6 || words[0] != "VMCTL-DATA") return refuse("six words expected");
-  if (words[1] != "1") return refuse("version 1 expected");
+  if (words[1] != "1" && words[1] != "2") return refuse("version 1 or 2 expected");
   auto hex_id = [](std::string_view w) {
     if (w.empty() || w.size() > 128) return false;
     for (char c : w) {
@@ -38,14 +39,18 @@ Result<DataHello> parse_hello(std::string_view line) {
     return true;
   };
   if (!hex_id(words[2])) return refuse("the migration id is not alphanumeric");
-  if (!hex_id(words[3])) return refuse("the secret is not alphanumeric");
+  if (!hex_id(words[3])) {
+    return refuse(words[1] == "2" ? "the nonce is not alphanumeric"
+                                  : "the secret is not alphanumeric");
+  }
   auto number = [](std::string_view w, unsigned& out) {
     auto [p, ec] = std::from_chars(w.data(), w.data() + w.size(), out);
     return ec == std::errc() && p == w.data() + w.size();
   };
   DataHello h;
+  h.version = words[1] == "2" ? 2 : 1;
   h.migration_id = std::string(words[2]);
-  h.secret = std::string(words[3]);
+  (h.version == 2 ? h.nonce : h.secret) = std::string(words[3]);
   if (!number(words[4], h.index) || !number(words[5], h.count)) return refuse("bad numbers");
   if (h.count == 0 || h.count > kMaxDataConnections || h.index >= h.count) {
     return refuse("index and count out of range");

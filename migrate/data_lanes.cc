@@ -11,6 +11,7 @@
 
 #include "base/text.h"
 #include "migrate/data_hello.h"
+#include "migrate/data_proof.h"
 #include "state/page_runs.h"
 #include "vmm/absent_pages.h"
 
@@ -108,7 +109,9 @@ Result<std::unique_ptr<DataLanes>> DataLanes::connect(const DataLaneOptions& opt
   }
   std::unique_ptr<DataLanes> d(new DataLanes(options));
   Endpoint e = TRY(parse_endpoint(options.endpoint));
-  if (!e.unix_socket) d->tls_ = TRY(TlsContext::create(options.tls, /*server=*/false));
+  if (!e.unix_socket && !options.plaintext) {
+    d->tls_ = TRY(TlsContext::create(options.tls, /*server=*/false));
+  }
   d->lanes_.resize(options.count);
   // Joined one after the other: the destination answers each hello before the next comes.
   for (unsigned i = 0; i < options.count; ++i) TRY(d->join(i));
@@ -117,16 +120,50 @@ Result<std::unique_ptr<DataLanes>> DataLanes::connect(const DataLaneOptions& opt
 
 Status DataLanes::join(unsigned index) {
   auto lane = std::make_unique<Lane>();
-  lane->conn = TRY(DataConnection::connect(options_.endpoint, tls_, options_.stall_timeout));
-  DataHello hello{options_.migration_id, options_.secret, index, options_.count};
+  const bool plaintext = options_.plaintext && !tls_;
+  lane->conn =
+      TRY(DataConnection::connect(options_.endpoint, tls_, options_.stall_timeout, plaintext));
+  DataHello hello;
+  hello.version = plaintext ? 2 : 1;
+  hello.migration_id = options_.migration_id;
+  if (plaintext) {
+    hello.nonce = make_nonce();
+  } else {
+    hello.secret = options_.secret;
+  }
+  hello.index = index;
+  hello.count = options_.count;
   bool last = index + 1 == options_.count;
   if (last) {
     if (const char* foreign = std::getenv("VMCTL_FAULT_JOIN_ID")) hello.migration_id = foreign;
   }
+  const std::string joining =
+      fmt::format("joining data connection {} to migration {}", index, options_.migration_id);
   TRY(lane->conn->write_line(format_hello(hello)));
-  std::string answer = TRY_CTX(
-      lane->conn->read_line(kHelloMaxBytes),
-      fmt::format("joining data connection {} to migration {}", index, options_.migration_id));
+  std::string answer = TRY_CTX(lane->conn->read_line(kHelloMaxBytes), joining);
+  if (plaintext && answer.rfind("CHALLENGE ", 0) == 0) {
+    // The destination proves it knows the secret before a byte of the guest goes to it.
+    std::string rest = answer.substr(10);
+    size_t space = rest.find(' ');
+    std::string destination_nonce = rest.substr(0, space);
+    std::string proof = space == std::string::npos ? "" : rest.substr(space + 1);
+    if (destination_nonce.empty() || destination_nonce.size() > 64 ||
+        !same_text(proof,
+                   hello_proof(options_.secret, kDestinationRole, hello, destination_nonce))) {
+      return Error::user(fmt::format(
+          "data connection {}: the peer at {} could not prove it knows the migration's secret: "
+          "it is not the destination that accepted the migration (refused to send to it)",
+          index, lane->conn->peer()));
+    }
+    TRY(lane->conn->write_line(
+        "PROOF " + hello_proof(options_.secret, kSourceRole, hello, destination_nonce)));
+    answer = TRY_CTX(lane->conn->read_line(kHelloMaxBytes), joining);
+  } else if (plaintext && answer.rfind("REFUSED ", 0) != 0) {
+    return Error::user(fmt::format(
+        "data connection {}: the peer at {} answered without proving it knows the migration's "
+        "secret (\"{}\"): refused to send to it",
+        index, lane->conn->peer(), sanitize_text(answer, 120)));
+  }
   if (answer.rfind("REFUSED ", 0) == 0) {
     return Error::user(fmt::format("the destination refused data connection {}: {}", index,
                                    sanitize_text(answer.substr(8), 300)));

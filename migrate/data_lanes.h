@@ -22,8 +22,9 @@
 namespace vmctl::migrate {
 
 struct DataLaneOptions {
-  std::string endpoint;  // the destination VM process: unix:/path, or host:port (with TLS)
-  TlsConfig tls;         // for TCP endpoints
+  std::string endpoint;    // the destination VM process: unix:/path, or host:port (with TLS)
+  TlsConfig tls;           // for TCP endpoints, unless ...
+  bool plaintext = false;  // ... both daemons trust each other's network (data_plane.md)
   std::string migration_id;
   std::string secret;  // from the destination's ACCEPTED
   unsigned count = 1;

@@ -18,19 +18,12 @@
 
 #include "base/text.h"
 #include "migrate/data_hello.h"
+#include "migrate/data_proof.h"
 #include "state/page_runs.h"
 #include "state/stream.h"
 
 namespace vmctl::migrate {
 namespace {
-
-// Compares secrets in time independent of where they differ.
-bool same_secret(const std::string& a, const std::string& b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
-}
 
 std::string peer_name(const sockaddr_storage& addr) {
   char host[INET6_ADDRSTRLEN + 8] = {0};
@@ -49,9 +42,11 @@ constexpr std::chrono::seconds kHelloTimeout{5};
 }  // namespace
 
 Result<std::unique_ptr<DataListener>> DataListener::listen_tcp(const std::string& host,
-                                                               const TlsConfig& tls) {
+                                                               const TlsConfig& tls,
+                                                               bool plaintext) {
   std::unique_ptr<DataListener> l(new DataListener());
-  l->tls_ = TRY(TlsContext::create(tls, /*server=*/true));
+  l->plaintext_ = plaintext;
+  if (!plaintext) l->tls_ = TRY(TlsContext::create(tls, /*server=*/true));
   addrinfo hints{};
   hints.ai_socktype = SOCK_STREAM;
   hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
@@ -147,7 +142,8 @@ Result<std::vector<std::unique_ptr<DataConnection>>> DataListener::accept_all(
     std::string peer = peer_name(from);
     timeval tv{static_cast<time_t>(kHelloTimeout.count()), 0};
     ::setsockopt(s.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    Result<std::unique_ptr<DataConnection>> conn = DataConnection::accept(std::move(s), tls_, peer);
+    Result<std::unique_ptr<DataConnection>> conn =
+        DataConnection::accept(std::move(s), tls_, peer, plaintext_);
     if (!conn.ok()) {
       spdlog::warn("migration {}: refused a data connection: {}", id, conn.error().message());
       continue;
@@ -156,24 +152,9 @@ Result<std::vector<std::unique_ptr<DataConnection>>> DataListener::accept_all(
       spdlog::warn("migration {}: refused a data connection from {}: {}", id, peer, why);
       (void)(*conn)->write_line("REFUSED " + why);
     };
-    Result<std::string> line = (*conn)->read_line(kHelloMaxBytes);
-    if (!line.ok()) {
-      refuse(line.error().message());
-      continue;
-    }
-    Result<DataHello> hello = parse_hello(*line);
+    Result<DataHello> hello = admit(**conn, id, secret, count);
     if (!hello.ok()) {
       refuse(hello.error().message());
-      continue;
-    }
-    if (hello->migration_id != id || !same_secret(hello->secret, secret)) {
-      // The same answer for both: a connection without the secret learns nothing.
-      refuse("no such migration here, or the wrong secret");
-      continue;
-    }
-    if (hello->count != count) {
-      refuse(fmt::format("the migration was offered with {} data connections, not {}", count,
-                         hello->count));
       continue;
     }
     if (joined[hello->index]) {
@@ -187,6 +168,43 @@ Result<std::vector<std::unique_ptr<DataConnection>>> DataListener::accept_all(
     ++have;
   }
   return joined;
+}
+
+Result<DataHello> DataListener::admit(DataConnection& conn, const std::string& id,
+                                      const std::string& secret, unsigned count) {
+  std::string line = TRY(conn.read_line(kHelloMaxBytes));
+  DataHello hello = TRY(parse_hello(line));
+  const unsigned version = plaintext_ ? 2 : 1;
+  if (hello.version != version) {
+    return Error::user(fmt::format(
+        "this destination takes version {} hellos ({}), not version {}: the two daemons do not "
+        "agree on the data connections' protection",
+        version, plaintext_ ? "plaintext, trusted network" : "TLS or unix socket", hello.version));
+  }
+  // The same answer for a wrong id and a wrong secret: a connection without the secret learns
+  // nothing. On plaintext the proof is the secret's test; a stranger still gets a challenge
+  // (with a proof made from a secret of its own), so that a wrong id looks like a wrong secret.
+  const bool known = hello.migration_id == id;
+  if (version == 1) {
+    if (!known || !same_text(hello.secret, secret)) {
+      return Error::user("no such migration here, or the wrong secret");
+    }
+  } else {
+    const std::string key = known ? secret : make_nonce();
+    const std::string destination_nonce = make_nonce();
+    TRY(conn.write_line(fmt::format("CHALLENGE {} {}", destination_nonce,
+                                    hello_proof(key, kDestinationRole, hello, destination_nonce))));
+    std::string answer = TRY(conn.read_line(kHelloMaxBytes));
+    const std::string expected = "PROOF " + hello_proof(key, kSourceRole, hello, destination_nonce);
+    if (!known || !same_text(answer, expected)) {
+      return Error::user("no such migration here, or the wrong secret");
+    }
+  }
+  if (hello.count != count) {
+    return Error::user(fmt::format("the migration was offered with {} data connections, not {}",
+                                   count, hello.count));
+  }
+  return hello;
 }
 
 PageLaneReaders::PageLaneReaders(std::vector<std::unique_ptr<DataConnection>> lanes,

@@ -18,15 +18,19 @@
 #include "base/fd.h"
 #include "migrate/channel.h"
 #include "migrate/data_connection.h"
+#include "migrate/data_hello.h"
 #include "vmm/memory.h"
 
 namespace vmctl::migrate {
 
 class DataListener {
  public:
-  // TCP on `host` (the kernel picks the port) with mutual TLS.
+  // TCP on `host` (the kernel picks the port) with mutual TLS, or, with `plaintext` (both
+  // daemons trust each other's network), without TLS: connections then prove the secret with
+  // version 2 of the hello (data_hello.h) instead of sending it.
   static Result<std::unique_ptr<DataListener>> listen_tcp(const std::string& host,
-                                                          const TlsConfig& tls);
+                                                          const TlsConfig& tls,
+                                                          bool plaintext = false);
   // A unix socket at `path` (mode 0600; removed again with the listener).
   static Result<std::unique_ptr<DataListener>> listen_unix(const std::string& path);
   ~DataListener();
@@ -47,7 +51,12 @@ class DataListener {
   DataListener() = default;
   Fd fd_;
   Fd wake_;  // eventfd: stop()
+  // One connection's hello (and on plaintext, the proofs); an error is the refusal's reason.
+  Result<DataHello> admit(DataConnection& conn, const std::string& id, const std::string& secret,
+                          unsigned count);
+
   std::shared_ptr<TlsContext> tls_;
+  bool plaintext_ = false;
   std::string unix_path_;
   uint16_t port_ = 0;
 };

@@ -653,6 +653,11 @@ Status write_machine_state(vmm::Vm& vm, RecordWriter& writer, const PageStats& p
 }
 
 Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options) {
+  if (vm.user_irqchip()) {
+    return Error::user(
+        "this VM runs with --irqchip user, whose state snapshots and migrations do not carry yet: "
+        "run it with --irqchip kernel to snapshot or migrate it");
+  }
   Clock::time_point start = Clock::now();
   CaptureStats stats;
   stats.snapshot_id = options.snapshot_id.empty() ? new_snapshot_id() : options.snapshot_id;

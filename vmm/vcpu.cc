@@ -12,6 +12,8 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "vmm/vlapic/user_irqchip.h"
+
 namespace vmctl::vmm {
 
 namespace {
@@ -154,6 +156,8 @@ Status Vcpu::configure(const std::vector<CpuidEntry>& cpuid) {
       {kMsrMtrrDefType, (1u << 11) | 6},  // MTRRs enabled, default type write-back
   }));
   // Wire LINT0 to the PIC (ExtINT) and LINT1 to NMI, as the MP table says (virtual wire mode).
+  // (The userspace LAPIC comes up wired so: vlapic/local_apic.h.)
+  if (irqchip_) return ok_status();
   kvm_lapic_state lapic = TRY(fd_.get_lapic());
   set_apic_reg(lapic, kApicLvtLint0,
                (apic_reg(lapic, kApicLvtLint0) & ~0x700u) | kApicDeliveryExtInt);
@@ -210,6 +214,14 @@ void Vcpu::kick() {
   // is inside KVM_RUN the signal makes it return.
   std::atomic_ref<uint8_t>(fd_.run_struct()->immediate_exit).store(1, std::memory_order_release);
   if (thread_.joinable()) pthread_kill(thread_.native_handle(), kKickSignal);
+  // A vCPU halted or waiting for its SIPI in userspace waits on the irqchip, not in KVM_RUN.
+  if (irqchip_) irqchip_->wake_for_control(static_cast<unsigned>(index()));
+}
+
+void Vcpu::kick_for_interrupt() {
+  std::atomic_ref<uint8_t>(fd_.run_struct()->immediate_exit).store(1, std::memory_order_release);
+  std::lock_guard lock(kick_mu_);
+  if (native_) pthread_kill(native_, kKickSignal);
 }
 
 void Vcpu::request_pause() {
@@ -248,41 +260,121 @@ void Vcpu::thread_main() {
   sigaddset(&set, kKickSignal);
   pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
   pthread_setname_np(pthread_self(), fmt::format("vcpu{}", index()).c_str());
+  {
+    std::lock_guard lock(kick_mu_);
+    native_ = pthread_self();
+  }
 
   kvm_run* run = fd_.run_struct();
+  const unsigned me = static_cast<unsigned>(index());
   for (;;) {
     {
       std::unique_lock lock(mu_);
       if (control_ == Control::kStop) break;
     }
+    if (irqchip_) {
+      // Halted, or an AP before its SIPI: wait here, in userspace, until there is work.
+      vlapic::UserIrqchip::Wake wake = irqchip_->wait_runnable(me);
+      if (wake.kind == vlapic::UserIrqchip::Wake::Kind::kControl) {
+        if (!safe_point()) break;
+        continue;
+      }
+      Status ready = wake.kind == vlapic::UserIrqchip::Wake::Kind::kStart
+                         ? enter_at_sipi(wake.start_address)
+                         : ok_status();
+      if (ready.ok()) ready = irqchip_->prepare_entry(me, fd_);
+      if (!ready.ok()) {
+        handler_.end_vm(error_exit(ready.error().message()));
+        break;
+      }
+    }
     Status s = fd_.run();
+    if (irqchip_) irqchip_->after_exit(me, *run);
     if (!s.ok()) {
       if (s.error().sys_errno() != EINTR && s.error().sys_errno() != EAGAIN) {
         handler_.end_vm(error_exit(s.error().message()));
         break;
       }
-      // EINTR: a safe point. Park here while paused.
-      std::unique_lock lock(mu_);
-      if (control_ == Control::kPause) {
-        parked_ = true;
-        cv_.notify_all();
-        cv_.wait(lock, [&] { return control_ != Control::kPause; });
-        parked_ = false;
-      }
-      if (control_ == Control::kStop) break;
-      std::atomic_ref<uint8_t>(run->immediate_exit).store(0, std::memory_order_release);
-      // A kick may have raced with the store above; re-check before entering the guest.
-      if (control_ != Control::kRun) {
-        std::atomic_ref<uint8_t>(run->immediate_exit).store(1, std::memory_order_release);
-      }
+      if (!safe_point()) break;
       continue;
     }
     if (!handle_exit()) break;
+  }
+  {
+    std::lock_guard lock(kick_mu_);
+    native_ = 0;
   }
   std::lock_guard lock(mu_);
   control_ = Control::kStop;
   thread_ended_ = true;
   cv_.notify_all();
+}
+
+bool Vcpu::safe_point() {
+  kvm_run* run = fd_.run_struct();
+  // EINTR: a safe point. Park here while paused.
+  std::unique_lock lock(mu_);
+  if (control_ == Control::kPause) {
+    parked_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return control_ != Control::kPause; });
+    parked_ = false;
+  }
+  if (control_ == Control::kStop) return false;
+  std::atomic_ref<uint8_t>(run->immediate_exit).store(0, std::memory_order_release);
+  // A kick may have raced with the store above; re-check before entering the guest.
+  if (control_ != Control::kRun) {
+    std::atomic_ref<uint8_t>(run->immediate_exit).store(1, std::memory_order_release);
+  }
+  return true;
+}
+
+Status Vcpu::enter_at_sipi(uint64_t start) {
+  // The AP is still in its reset state (real mode); SIPI only moves CS:IP to the start page.
+  kvm_sregs sregs = TRY(fd_.get_sregs());
+  sregs.cs.selector = static_cast<uint16_t>(start >> 4);
+  sregs.cs.base = start;
+  TRY(fd_.set_sregs(sregs));
+  kvm_regs regs = TRY(fd_.get_regs());
+  regs.rip = 0;
+  TRY(fd_.set_regs(regs));
+  return ok_status();
+}
+
+bool Vcpu::handle_irqchip_exit(bool& keep_running) {
+  kvm_run* run = fd_.run_struct();
+  const unsigned me = static_cast<unsigned>(index());
+  keep_running = true;
+  switch (run->exit_reason) {
+    case KVM_EXIT_MMIO:
+      if (!irqchip_->is_apic_mmio(me, run->mmio.phys_addr)) return false;
+      irqchip_->mmio(me, run->mmio.phys_addr, run->mmio.data, run->mmio.len, run->mmio.is_write);
+      return true;
+    case KVM_EXIT_X86_RDMSR: {
+      uint64_t value = 0;
+      run->msr.error = irqchip_->rdmsr(me, run->msr.index, &value) ? 0 : 1;
+      run->msr.data = value;
+      return true;
+    }
+    case KVM_EXIT_X86_WRMSR:
+      run->msr.error = irqchip_->wrmsr(me, run->msr.index, run->msr.data) ? 0 : 1;
+      return true;
+    case KVM_EXIT_HLT:
+      // With interrupts off (and no NMI to come) the vCPU would sleep for good: on a PC that
+      // ends the machine, as with the in-kernel LAPIC.
+      if (!run->if_flag) {
+        handler_.end_vm(VmExit{VmExit::Kind::kPowerOff, 0, ""});
+        keep_running = false;
+        return true;
+      }
+      irqchip_->halt(me);
+      return true;
+    case KVM_EXIT_IRQ_WINDOW_OPEN:  // the guest can take the interrupt prepare_entry() holds
+    case KVM_EXIT_SET_TPR:          // the TPR dropped: after_exit() has it already
+      return true;
+    default:
+      return false;
+  }
 }
 
 VmExit Vcpu::error_exit(const std::string& message) {
@@ -322,6 +414,10 @@ std::string Vcpu::describe_internal_error() {
 
 bool Vcpu::handle_exit() {
   kvm_run* run = fd_.run_struct();
+  if (irqchip_) {
+    bool keep_running = true;
+    if (handle_irqchip_exit(keep_running)) return keep_running;
+  }
   switch (run->exit_reason) {
     case KVM_EXIT_IO: {
       uint8_t* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;

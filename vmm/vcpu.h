@@ -8,6 +8,9 @@
 // the safe point — does the thread park.
 #pragma once
 
+#include <pthread.h>
+
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -22,6 +25,10 @@
 #include "vmm/memory.h"
 
 namespace vmctl::vmm {
+
+namespace vlapic {
+class UserIrqchip;
+}
 
 // Why a VM stopped running.
 struct VmExit {
@@ -58,8 +65,11 @@ class ExitHandler {
 
 class Vcpu {
  public:
-  Vcpu(kvm::VcpuFd fd, ExitHandler& handler, const GuestMemory& memory)
-      : fd_(std::move(fd)), handler_(handler), memory_(memory) {}
+  // `irqchip`: the VM's userspace interrupt controller (`--irqchip user`), or null with KVM's
+  // in-kernel one.
+  Vcpu(kvm::VcpuFd fd, ExitHandler& handler, const GuestMemory& memory,
+       vlapic::UserIrqchip* irqchip = nullptr)
+      : fd_(std::move(fd)), handler_(handler), memory_(memory), irqchip_(irqchip) {}
   ~Vcpu();
   Vcpu(const Vcpu&) = delete;
   Vcpu& operator=(const Vcpu&) = delete;
@@ -96,6 +106,10 @@ class Vcpu {
   void request_stop();
   void join();
 
+  // Makes the thread leave KVM_RUN (or not enter it) once, to take an interrupt the userspace
+  // irqchip has for it. From any thread; changes nothing else.
+  void kick_for_interrupt();
+
   // Installs the process-wide kick signal handler; call once before starting any vCPU.
   static void install_kick_handler();
 
@@ -104,6 +118,14 @@ class Vcpu {
   void thread_main();
   // Returns false when the VM must stop.
   bool handle_exit();
+  // Back from KVM_RUN with EINTR (or woken while waiting in userspace): parks while paused.
+  // False when the vCPU must stop.
+  bool safe_point();
+  // The userspace irqchip's part of an exit (MMIO on the APIC page, the LAPIC's MSRs, HLT); true
+  // if it took the exit, with `keep_running` false when the VM must stop.
+  bool handle_irqchip_exit(bool& keep_running);
+  // An AP's SIPI: real mode at `start` (CS = start >> 4, IP = 0).
+  Status enter_at_sipi(uint64_t start);
   void kick();
   std::string describe_internal_error();
   VmExit error_exit(const std::string& message);
@@ -111,7 +133,12 @@ class Vcpu {
   kvm::VcpuFd fd_;
   ExitHandler& handler_;
   const GuestMemory& memory_;  // for reporting the bytes of an instruction KVM failed on
+  vlapic::UserIrqchip* irqchip_;
   std::thread thread_;
+  // The thread while it runs, for kicks from other threads; cleared (under kick_mu_) before it
+  // ends, so that no kick signals a thread that is gone.
+  std::mutex kick_mu_;
+  pthread_t native_ = 0;
   std::mutex mu_;
   std::condition_variable cv_;
   Control control_ = Control::kRun;

@@ -1,6 +1,7 @@
 #include "vmm/vm.h"
 
 #include <signal.h>
+#include <x86intrin.h>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -10,6 +11,7 @@
 #include "vmm/devices/debug_exit.h"
 #include "vmm/devices/i8042.h"
 #include "vmm/devices/serial.h"
+#include "vmm/vlapic/user_irqchip.h"
 
 extern "C" const uint8_t vmctl_demo_guest_start[];
 extern "C" const uint8_t vmctl_demo_guest_end[];
@@ -49,8 +51,12 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config) {
   std::unique_ptr<Vm> vm(new Vm(std::move(system), std::move(vm_fd), std::move(memory)));
   TRY(vm->vm_fd_.set_tss_addr(kTssAddress));
   TRY(vm->vm_fd_.set_identity_map_addr(kIdentityMapAddress));
-  TRY(vm->vm_fd_.create_irqchip());
-  TRY(vm->vm_fd_.create_pit2());
+  if (config.irqchip == IrqchipMode::kKernel) {
+    TRY(vm->vm_fd_.create_irqchip());
+    TRY(vm->vm_fd_.create_pit2());
+  } else {
+    TRY(vm->setup_user_irqchip(config.num_cpus));
+  }
   TRY(vm->register_memory());
   TRY(vm->add_devices(config));
   TRY(vm->setup_dirty_tracking(config));
@@ -73,9 +79,46 @@ Result<std::unique_ptr<Vm>> Vm::create(const VmConfig& config) {
   return vm;
 }
 
+Vm::Vm(kvm::KvmSystem system, kvm::VmFd vm_fd, GuestMemory memory)
+    : system_(std::move(system)), vm_fd_(std::move(vm_fd)), memory_(std::move(memory)) {}
+
 Vm::~Vm() {
+  if (user_irqchip_) user_irqchip_->stop();  // its timer thread kicks vCPUs
   for (auto& vcpu : vcpus_) vcpu->request_stop();
   for (auto& vcpu : vcpus_) vcpu->join();
+  vcpus_.clear();  // before the irqchip they call into
+}
+
+const char* irqchip_mode_name(IrqchipMode mode) {
+  return mode == IrqchipMode::kUser ? "user" : "kernel";
+}
+
+Result<IrqchipMode> parse_irqchip_mode(const std::string& text) {
+  if (text == "kernel") return IrqchipMode::kKernel;
+  if (text == "user") return IrqchipMode::kUser;
+  return Error::user(
+      fmt::format("--irqchip {}: give kernel (KVM's in-kernel irqchip) or user "
+                  "(vmctl's local APIC in userspace)",
+                  text));
+}
+
+Status Vm::setup_user_irqchip(unsigned vcpus) {
+  // The LAPIC's MSRs must reach userspace: the x2APIC range fails in KVM without its LAPIC
+  // (KVM_MSR_EXIT_REASON_INVAL), IA32_APIC_BASE and IA32_TSC_DEADLINE KVM would take itself
+  // (an MSR filter sends them out).
+  if (vm_fd_.check_extension(KVM_CAP_X86_USER_SPACE_MSR) <= 0 ||
+      vm_fd_.check_extension(KVM_CAP_X86_MSR_FILTER) <= 0) {
+    return Error::user(
+        "--irqchip user: this host's KVM cannot send MSR accesses to userspace "
+        "(KVM_CAP_X86_USER_SPACE_MSR, KVM_CAP_X86_MSR_FILTER; Linux 5.10 or later): use "
+        "--irqchip kernel");
+  }
+  TRY(vm_fd_.enable_cap(KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_INVAL |
+                                                        KVM_MSR_EXIT_REASON_UNKNOWN |
+                                                        KVM_MSR_EXIT_REASON_FILTER));
+  TRY(vm_fd_.deny_msrs(vlapic::UserIrqchip::filtered_msrs()));
+  user_irqchip_ = std::make_unique<vlapic::UserIrqchip>(vcpus);
+  return ok_status();
 }
 
 Status Vm::register_memory() {
@@ -148,7 +191,9 @@ Status Vm::set_dirty_logging(bool enabled) {
 
 Status Vm::add_devices(const VmConfig& config) {
   // A failed KVM_IRQ_LINE cannot be reported to the guest; log it once with the line number.
-  auto irq_line = [this](uint32_t gsi) {
+  auto irq_line = [this, &config](uint32_t gsi) -> std::function<void(bool)> {
+    // No IOAPIC or PIC under --irqchip user: the line goes nowhere (guests poll COM1 there).
+    if (config.irqchip == IrqchipMode::kUser) return [](bool) {};
     return [this, gsi](bool level) {
       Status s = vm_fd_.irq_line(gsi, level);
       if (!s.ok()) spdlog::error("{}", s.error().message());
@@ -175,7 +220,7 @@ Status Vm::create_vcpus(unsigned count) {
   bool stats = system_.check_extension(KVM_CAP_BINARY_STATS_FD) > 0;
   for (unsigned i = 0; i < count; ++i) {
     kvm::VcpuFd fd = TRY(vm_fd_.create_vcpu(static_cast<int>(i)));
-    auto vcpu = std::make_unique<Vcpu>(std::move(fd), *this, memory_);
+    auto vcpu = std::make_unique<Vcpu>(std::move(fd), *this, memory_, user_irqchip_.get());
     if (vcpu->fd().dirty_ring().enabled()) dirty_pages_->add_ring(&vcpu->fd().dirty_ring());
     TRY_CTX(vcpu->configure(filter_cpuid(supported, i, topology)),
             fmt::format("configuring vCPU {}", i));
@@ -198,6 +243,15 @@ void Vm::start() {
   {
     std::lock_guard lock(mu_);
     started_ = true;
+  }
+  if (user_irqchip_) {
+    // The guest's TSC (for TSC-deadline timers) is the host's plus KVM's offset: read it once.
+    constexpr uint32_t kMsrIa32Tsc = 0x10;
+    uint64_t host_tsc = __rdtsc();
+    Result<std::vector<kvm::MsrEntry>> tsc = vcpus_[0]->fd().get_msrs({kMsrIa32Tsc});
+    uint64_t guest_tsc = tsc.ok() && !tsc->empty() ? (*tsc)[0].value : host_tsc;
+    user_irqchip_->start([this](unsigned i) { vcpus_[i]->kick_for_interrupt(); }, guest_tsc,
+                         host_tsc, uint64_t{vcpus_[0]->tsc_khz()} * 1000);
   }
   for (auto& vcpu : vcpus_) vcpu->start();
 }

@@ -28,6 +28,17 @@ class CmosRtc;
 
 inline constexpr unsigned kMaxVcpus = 254;  // APIC IDs 0..253; 254 is the IOAPIC's at most
 
+namespace vlapic {
+class UserIrqchip;
+}
+
+// Who models the interrupt controllers: KVM's in-kernel irqchip (local APICs, IOAPIC, PIC) and
+// PIT, or vmctl in userspace (vlapic/user_irqchip.h: the local APICs; no IOAPIC, PIC or PIT yet,
+// so guests that need legacy interrupts need the kernel's).
+enum class IrqchipMode { kKernel, kUser };
+const char* irqchip_mode_name(IrqchipMode mode);
+Result<IrqchipMode> parse_irqchip_mode(const std::string& text);
+
 struct VmConfig {
   uint64_t memory_size = 256ull << 20;
   unsigned num_cpus = 1;
@@ -45,6 +56,7 @@ struct VmConfig {
   DirtyTracking dirty_tracking = DirtyTracking::kAuto;
   // Ring mode: entries per vCPU ring, a power of two; 0 = kDefaultDirtyRingEntries.
   uint32_t dirty_ring_entries = 0;
+  IrqchipMode irqchip = IrqchipMode::kKernel;
 };
 
 struct VcpuStats {
@@ -84,6 +96,8 @@ class Vm final : public ExitHandler {
   Vcpu& vcpu(unsigned index) { return *vcpus_[index]; }
   Serial8250& serial() { return *serial_; }
   CmosRtc& rtc() { return *rtc_; }
+  // The userspace irqchip (`--irqchip user`), or null.
+  vlapic::UserIrqchip* user_irqchip() { return user_irqchip_.get(); }
   const VmConfig& config() const { return config_; }
 
   GuestMemory& memory() { return memory_; }
@@ -99,12 +113,12 @@ class Vm final : public ExitHandler {
   Status dirty_ring_full() override;
 
  private:
-  Vm(kvm::KvmSystem system, kvm::VmFd vm_fd, GuestMemory memory)
-      : system_(std::move(system)), vm_fd_(std::move(vm_fd)), memory_(std::move(memory)) {}
+  Vm(kvm::KvmSystem system, kvm::VmFd vm_fd, GuestMemory memory);
   Status register_memory();
   Status add_devices(const VmConfig& config);
   Status create_vcpus(unsigned count);
   Status setup_dirty_tracking(const VmConfig& config);
+  Status setup_user_irqchip(unsigned vcpus);
 
   kvm::KvmSystem system_;
   kvm::VmFd vm_fd_;
@@ -115,6 +129,8 @@ class Vm final : public ExitHandler {
   VmConfig config_;
   boot::BootEntry boot_entry_;
   std::unique_ptr<DirtyPages> dirty_pages_;  // before the vCPUs: they hold its rings
+  // Before the vCPUs too (they call into it), and after them in destruction order.
+  std::unique_ptr<vlapic::UserIrqchip> user_irqchip_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<std::optional<kvm::StatsReader>> vcpu_stats_;
   std::atomic<bool> unhandled_mmio_reported_{false};

@@ -116,6 +116,7 @@ Result<ControlRequest> parse_control_request(std::string_view line) {
         m.tls.cert = TRY(tls.text("cert", false));
         m.tls.key = TRY(tls.text("key", false));
       }
+      m.plaintext = TRY(f.flag("plaintext", false));
       m.downtime_ms = TRY(f.number("downtime_ms", 30, 0, 3600e3));
       m.max_rounds = static_cast<unsigned>(TRY(f.integer("max_rounds", 30, 1, 1000000)));
       m.max_seconds = TRY(f.number("max_seconds", 120, 0, 30 * 86400));

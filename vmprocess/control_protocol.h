@@ -15,7 +15,7 @@
 //   {"op":"pause"} {"op":"resume"} {"op":"stop"}
 //   {"op":"snapshot","path":P,"stop":B,"diff":B,"compression":N,"memory_file":M}
 //   {"op":"migrate","migration_id":ID,"secret":S,"destination":D,"streams":N,"tls":{"ca","cert",
-//    "key"},"downtime_ms":N,"max_rounds":N,"max_seconds":N,"auto_converge":B,"compression":N,
+//    "key"},"plaintext":B,"downtime_ms":N,"max_rounds":N,"max_seconds":N,"auto_converge":B,"compression":N,
 //    "stall_timeout_ms":N}          source: send the VM (migration_sender.h)
 //   {"op":"cancel_migration"}        source, while sending
 //   {"op":"migration_decision","migration_id":ID,"decision":"commit|rollback"}
@@ -64,6 +64,7 @@ struct MigrateArgs {
   std::string migration_id, secret, destination;
   unsigned streams = 1;
   migrate::TlsConfig tls;
+  bool plaintext = false;  // no TLS on TCP data connections: both daemons trust the network
   double downtime_ms = 30;
   unsigned max_rounds = 30;
   double max_seconds = 120;

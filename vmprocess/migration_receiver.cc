@@ -125,7 +125,7 @@ int receive_migration(const ReceiveOptions& o) {
   Result<std::unique_ptr<migrate::DataListener>> listener =
       !o.data_socket.empty() ? migrate::DataListener::listen_unix(o.data_socket)
       : !o.data_listen.empty()
-          ? migrate::DataListener::listen_tcp(o.data_listen, o.tls)
+          ? migrate::DataListener::listen_tcp(o.data_listen, o.tls, o.data_plaintext)
           : Result<std::unique_ptr<migrate::DataListener>>(
                 Error::user("receive needs --data-socket or --data-listen (vmctld runs it)"));
   if (!listener.ok()) return failed(listener.error());

@@ -18,8 +18,9 @@ struct ReceiveOptions {
   // The daemon's end: the secret in, then LISTENING, READY or FAILED out (migrate/data_plane.md).
   int stream_fd = -1;
   unsigned data_connections = 1;
-  std::string data_socket;  // unix socket for the data connections, or ...
-  std::string data_listen;  // ... the TCP address (host) to listen on, with TLS
+  std::string data_socket;      // unix socket for the data connections, or ...
+  std::string data_listen;      // ... the TCP address (host) to listen on, with TLS unless ...
+  bool data_plaintext = false;  // ... both daemons trust each other's network
   migrate::TlsConfig tls;
   std::string migration_id;
   uint64_t memory_bytes = 0;  // the offered machine: built before the stream arrives

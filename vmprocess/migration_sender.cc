@@ -154,10 +154,12 @@ void MigrationSender::run(MigrateArgs args, Fd conn) {
   data.count = args.streams;
   data.stall_timeout = std::chrono::milliseconds(args.stall_timeout_ms);
   data.tls = args.tls;
+  data.plaintext = args.plaintext;
   std::thread watcher([this, fd = conn.get()] { watch_daemon(fd); });
   auto send = [&](const nlohmann::json& line) { (void)send_json_line(conn.get(), line); };
-  spdlog::info("migration {}: sending to {} over {} data connection{}", id, data.endpoint,
-               data.count, data.count == 1 ? "" : "s");
+  spdlog::info("migration {}: sending to {} over {} {}data connection{}", id, data.endpoint,
+               data.count, data.plaintext ? "plaintext (trusted network) " : "",
+               data.count == 1 ? "" : "s");
 
   Result<std::unique_ptr<migrate::DataLanes>> streams = migrate::DataLanes::connect(data);
   Result<migrate::Progress> result = Error::failure("not started");

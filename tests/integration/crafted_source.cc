@@ -59,7 +59,11 @@ CraftedOutcome send_crafted(Daemon& to, const CraftedMigration& how, const std::
     auto conn = migrate::DataConnection::connect(*endpoint, nullptr, std::chrono::seconds(30));
     std::string answer;
     if (conn.ok()) {
-      migrate::DataHello hello{how.join_id.empty() ? id : how.join_id, secret, i, how.streams};
+      migrate::DataHello hello;
+      hello.migration_id = how.join_id.empty() ? id : how.join_id;
+      hello.secret = secret;
+      hello.index = i;
+      hello.count = how.streams;
       hello.index = how.data_index.value_or(i);
       Status sent = (*conn)->write_line(migrate::format_hello(hello));
       auto line = sent.ok() ? (*conn)->read_line(migrate::kHelloMaxBytes)

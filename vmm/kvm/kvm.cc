@@ -229,6 +229,27 @@ Status VmFd::set_user_memory_region(uint32_t slot, uint32_t flags, uint64_t gues
   return ok_status();
 }
 
+Status VmFd::deny_msrs(const std::vector<uint32_t>& denied) {
+  kvm_msr_filter filter{};
+  filter.flags = KVM_MSR_FILTER_DEFAULT_ALLOW;
+  if (denied.size() > KVM_MSR_FILTER_MAX_RANGES) {
+    return Error::failure(fmt::format("{} MSRs to filter: at most {} ranges", denied.size(),
+                                      KVM_MSR_FILTER_MAX_RANGES));
+  }
+  // One range per MSR, its one-bit bitmap 0: denied, for reads and writes.
+  std::vector<uint8_t> bitmaps(denied.size(), 0);
+  for (size_t i = 0; i < denied.size(); ++i) {
+    filter.ranges[i].flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
+    filter.ranges[i].nmsrs = 1;
+    filter.ranges[i].base = denied[i];
+    filter.ranges[i].bitmap = &bitmaps[i];
+  }
+  if (::ioctl(fd_.get(), KVM_X86_SET_MSR_FILTER, &filter) < 0) {
+    return Error::from_errno("KVM_X86_SET_MSR_FILTER", errno);
+  }
+  return ok_status();
+}
+
 Status VmFd::irq_line(uint32_t gsi, bool level) {
   kvm_irq_level irq{};
   irq.irq = gsi;
@@ -338,6 +359,20 @@ std::string VcpuFd::what(const char* ioctl_name) const {
 
 Status VcpuFd::run() {
   if (::ioctl(fd_.get(), KVM_RUN, 0) < 0) return Error::from_errno(what("KVM_RUN"), errno);
+  return ok_status();
+}
+
+Status VcpuFd::interrupt(uint32_t vector) {
+  kvm_interrupt irq{};
+  irq.irq = vector;
+  if (retry_ioctl(fd_.get(), KVM_INTERRUPT, &irq) < 0) {
+    return Error::from_errno(what(fmt::format("KVM_INTERRUPT(0x{:x})", vector).c_str()), errno);
+  }
+  return ok_status();
+}
+
+Status VcpuFd::nmi() {
+  if (::ioctl(fd_.get(), KVM_NMI, 0) < 0) return Error::from_errno(what("KVM_NMI"), errno);
   return ok_status();
 }
 

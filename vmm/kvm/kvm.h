@@ -70,6 +70,9 @@ class VmFd {
   Status set_user_memory_region(uint32_t slot, uint32_t flags, uint64_t guest_phys, uint64_t size,
                                 void* host);
   Status irq_line(uint32_t gsi, bool level);
+  // KVM_X86_SET_MSR_FILTER: accesses to `denied` (reads and writes) exit to userspace (with
+  // KVM_CAP_X86_USER_SPACE_MSR's KVM_MSR_EXIT_REASON_FILTER); every other MSR stays KVM's.
+  Status deny_msrs(const std::vector<uint32_t>& denied);
   Result<VcpuFd> create_vcpu(int index);
   Result<Fd> get_stats_fd() const;
 
@@ -144,6 +147,12 @@ class VcpuFd {
   // KVM_RUN. EINTR (a kick, or immediate_exit) is returned as an Error whose sys_errno() is EINTR;
   // callers treat that as "back at a safe point", not as a failure.
   Status run();
+  // KVM_INTERRUPT (no in-kernel irqchip only): `vector` is injected at the next entry. Only
+  // when kvm_run's ready_for_interrupt_injection says so: a second one before delivery replaces
+  // the first.
+  Status interrupt(uint32_t vector);
+  // KVM_NMI (no in-kernel irqchip only).
+  Status nmi();
 
   Result<kvm_regs> get_regs() const;
   Status set_regs(const kvm_regs& regs);
