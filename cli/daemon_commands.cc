@@ -107,6 +107,7 @@ void print_info(const v1::VmInfo& i, bool json) {
                     ? fmt::format(", {} ring entries per vCPU", c.dirty_ring_entries()).c_str()
                     : "");
   }
+  if (!c.irqchip().empty()) std::printf("  irqchip  %s\n", c.irqchip().c_str());
   std::printf("  console  %s\n", i.console_log().c_str());
   for (const v1::VcpuStats& s : i.vcpu_stats()) {
     std::string line = fmt::format("  vcpu{:<4}", s.vcpu());
@@ -197,6 +198,7 @@ int migrate_command(DaemonOptions& o) {
   request.set_compression(o.migrate_compression);
   request.set_policy(o.auto_converge ? v1::CONVERGENCE_AUTO_CONVERGE : v1::CONVERGENCE_GIVE_UP);
   request.set_dirty_tracking(o.dirty_tracking);
+  request.set_irqchip(o.irqchip);
   request.set_stall_timeout_seconds(o.stall_timeout_seconds);
   std::unique_ptr<grpc::ClientReader<v1::MigrationProgress>> reader =
       client->stub().Migrate(&context, request);
@@ -362,6 +364,11 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
                    "ring), bitmap (KVM_GET_DIRTY_LOG), auto (default: the ring where the host has "
                    "it)")
       ->check(CLI::IsMember({"auto", "bitmap", "ring"}));
+  c.create
+      ->add_option("--irqchip", o.irqchip,
+                   "kernel (default: KVM's in-kernel irqchip) or user (vmctl's own local APIC; "
+                   "see vmctl run --help)")
+      ->check(CLI::IsMember({"kernel", "user"}));
   c.create->add_option("--dirty-ring-entries", o.dirty_ring_entries,
                        "Ring entries per vCPU, a power of two (default 4096)");
   c.create->footer(
@@ -413,6 +420,11 @@ DaemonCommands add_daemon_commands(CLI::App& app, DaemonOptions& o) {
                    "Dirty tracking of the VM on the destination: auto, bitmap or ring (default: "
                    "the VM's own setting)")
       ->check(CLI::IsMember({"auto", "bitmap", "ring"}));
+  c.migrate
+      ->add_option("--irqchip", o.irqchip,
+                   "The VM's interrupt controllers on the destination: kernel or user (default: "
+                   "the VM's own); the VM moves between the two")
+      ->check(CLI::IsMember({"kernel", "user"}));
   c.migrate->add_flag("--auto-converge", o.auto_converge,
                       "Throttle the vCPUs when the guest dirties memory faster than it can be "
                       "sent (default: give up and keep the VM running here)");
@@ -472,6 +484,7 @@ int run_daemon_command(const DaemonCommands& c, DaemonOptions& o) {
     config->set_cpus(o.cpus);
     config->set_dirty_tracking(o.dirty_tracking);
     config->set_dirty_ring_entries(o.dirty_ring_entries);
+    config->set_irqchip(o.irqchip);
     v1::VmInfo info;
     grpc::Status status = client->stub().CreateVm(&context, request, &info);
     if (!status.ok()) return client->fail(status);
@@ -544,6 +557,7 @@ int daemon_restore(DaemonOptions& o) {
   request.set_paused(o.paused);
   request.set_lazy(o.lazy);
   if (o.dirty_tracking != "auto") request.set_dirty_tracking(o.dirty_tracking);
+  if (o.irqchip != "kernel") request.set_irqchip(o.irqchip);
   v1::VmInfo info;
   grpc::Status status = client->stub().Restore(&context, request, &info);
   if (!status.ok()) return client->fail(status);

@@ -25,6 +25,8 @@ struct DaemonOptions {
   // create, restore: the VM's; migrate: the VM's on the destination (empty: its own)
   std::string dirty_tracking;
   uint32_t dirty_ring_entries = 0;
+  // create, restore: the VM's; migrate: the VM's on the destination (empty: its own / kernel)
+  std::string irqchip;
   // console
   std::string send;
   bool follow = true;

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {
     d.paused = s.paused;
     d.lazy = s.lazy;
     d.dirty_tracking = s.dirty_tracking;
+    d.irqchip = s.irqchip;
     return std::ref(d);
   };
   if (run->parsed()) return vmctl::cli::run_vm(run_options);

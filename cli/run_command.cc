@@ -41,8 +41,8 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
                   "Who models the interrupt controllers: kernel (KVM's in-kernel LAPIC, IOAPIC, "
                   "PIC and PIT; fast, what guests with legacy devices need) or user (vmctl's own "
                   "local APIC in userspace, architectural on any host: ISR, EOI order and TPR as "
-                  "the SDM says; no IOAPIC, PIC or PIT; snapshots and migrations of such a VM "
-                  "are not supported yet)")
+                  "the SDM says; no IOAPIC, PIC or PIT). Snapshots restore into either "
+                  "(vmctl restore --irqchip)")
       ->check(CLI::IsMember({"kernel", "user"}))
       ->capture_default_str();
   add_sandbox_options(run, o.sandbox);

@@ -91,6 +91,13 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
                       "rate (default: warn and use the host's rate)");
   c.restore->add_flag("--quiet,-q", o.quiet, "Print nothing but the guest's console");
   add_dirty_tracking_options(c.restore, o.dirty_tracking, o.dirty_ring_entries);
+  c.restore
+      ->add_option("--irqchip", o.irqchip,
+                   "The restored VM's interrupt controllers, as for run: kernel or user. A "
+                   "snapshot restores into either, whichever it was taken with (a guest that "
+                   "uses the IOAPIC or the PIT needs kernel)")
+      ->check(CLI::IsMember({"kernel", "user"}))
+      ->capture_default_str();
   add_sandbox_options(c.restore, o.sandbox);
   c.restore->footer(
       "The guest continues where the snapshot was taken, console on this terminal.\n\n"
@@ -139,6 +146,9 @@ StateCommands add_state_commands(CLI::App& app, StateOptions& o) {
   add_console_log_options(c.receive, o.console_log, o.console_log_max);
   add_guest_memory_limit(c.receive, o.max_guest_memory);
   add_dirty_tracking_options(c.receive, o.dirty_tracking, o.dirty_ring_entries);
+  c.receive->add_option("--irqchip", o.irqchip, "The arriving VM's interrupt controllers (run)")
+      ->check(CLI::IsMember({"kernel", "user"}))
+      ->capture_default_str();
   add_sandbox_options(c.receive, o.sandbox);
   return c;
 }
@@ -161,6 +171,7 @@ int receive_command(const StateOptions& o) {
   options.console_log_max = o.console_log_max;
   options.dirty_tracking = o.dirty_tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
+  options.irqchip = o.irqchip;
   Result<uint64_t> limit = guest_memory_limit(o.max_guest_memory);
   if (!limit.ok()) return fail(limit.error());
   options.max_guest_memory = *limit;
@@ -214,6 +225,9 @@ int restore_command(const StateOptions& o) {
   if (!tracking.ok()) return fail(tracking.error());
   options.dirty_tracking = *tracking;
   options.dirty_ring_entries = o.dirty_ring_entries;
+  Result<vmm::IrqchipMode> irqchip = vmm::parse_irqchip_mode(o.irqchip);
+  if (!irqchip.ok()) return fail(irqchip.error());
+  options.irqchip = *irqchip;
   Result<uint64_t> limit = guest_memory_limit(o.max_guest_memory);
   if (!limit.ok()) return fail(limit.error());
   options.budget.max_guest_memory = *limit;

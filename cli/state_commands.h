@@ -43,7 +43,8 @@ struct StateOptions {
   unsigned vcpus = 0;
   std::string dirty_tracking = "auto";  // restore, receive: the new VM's (vmm/dirty_pages.h)
   uint32_t dirty_ring_entries = 0;
-  SandboxFlags sandbox;  // restore, receive
+  std::string irqchip = "kernel";  // restore: vmm::IrqchipMode
+  SandboxFlags sandbox;            // restore, receive
 };
 
 struct StateCommands {

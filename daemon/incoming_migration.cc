@@ -20,6 +20,7 @@
 #include "daemon/host_report_cache.h"
 #include "state/stream.h"
 #include "vmm/dirty_pages.h"
+#include "vmm/irqchip_mode.h"
 
 namespace vmctl::daemon {
 namespace {
@@ -196,6 +197,7 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
                                    offer.memory_bytes() >> 20, memory_limit >> 20));
   }
   if (!offer.dirty_tracking().empty()) TRY(vmm::parse_dirty_tracking(offer.dirty_tracking()));
+  if (!offer.irqchip().empty()) TRY(vmm::parse_irqchip_mode(offer.irqchip()));
   Result<v1::VmInfo> existing = vms_.get(offer.vm_name());
   if (existing.ok() && existing->state() != v1::VM_STATE_MIGRATED) {
     return Error::conflict(fmt::format(
@@ -271,6 +273,7 @@ Result<std::shared_ptr<IncomingMigrations::Migration>> IncomingMigrations::accep
   if (!offer.dirty_tracking().empty()) {
     how.args.insert(how.args.end(), {"--dirty-tracking", offer.dirty_tracking()});
   }
+  if (!offer.irqchip().empty()) how.args.insert(how.args.end(), {"--irqchip", offer.irqchip()});
   if (offer.dirty_ring_entries() != 0) {
     how.args.insert(how.args.end(),
                     {"--dirty-ring-entries", std::to_string(offer.dirty_ring_entries())});

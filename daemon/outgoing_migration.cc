@@ -20,6 +20,7 @@
 #include "state/host_report.h"
 #include "state/stream.h"
 #include "vmm/dirty_pages.h"
+#include "vmm/irqchip_mode.h"
 #include "vmprocess/control_client.h"
 
 namespace vmctl::daemon {
@@ -189,6 +190,7 @@ class OutgoingMigrations::Run {
     offer.set_dirty_tracking(r_.dirty_tracking().empty() ? vm_.config().dirty_tracking()
                                                          : r_.dirty_tracking());
     offer.set_dirty_ring_entries(vm_.config().dirty_ring_entries());
+    offer.set_irqchip(r_.irqchip().empty() ? vm_.config().irqchip() : r_.irqchip());
     offer.set_paused(before_ == v1::VM_STATE_PAUSED);
     offer.set_memory_bytes(vm_.config().memory_bytes());
     offer.set_vcpus(vm_.config().cpus());
@@ -565,6 +567,10 @@ grpc::Status OutgoingMigrations::migrate(grpc::ServerContext*, const v1::Migrate
   }
   if (r.destination().empty()) {
     return refuse(Error::user("migrate needs a destination daemon (unix:/path or host:port)"));
+  }
+  if (!r.irqchip().empty()) {
+    Result<vmm::IrqchipMode> irqchip = vmm::parse_irqchip_mode(r.irqchip());
+    if (!irqchip.ok()) return refuse(irqchip.error());
   }
   if (!r.dirty_tracking().empty()) {
     Result<vmm::DirtyTracking> mode = vmm::parse_dirty_tracking(r.dirty_tracking());

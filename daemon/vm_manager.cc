@@ -21,6 +21,7 @@
 #include "daemon/vm_record.h"
 #include "daemon/vm_spawn.h"
 #include "vmm/dirty_pages.h"
+#include "vmm/irqchip_mode.h"
 #include "vmprocess/control_client.h"
 
 namespace vmctl::daemon {
@@ -67,6 +68,7 @@ std::vector<std::string> run_args(const v1::VmConfig& c) {
   if (c.dirty_ring_entries() != 0) {
     args.insert(args.end(), {"--dirty-ring-entries", std::to_string(c.dirty_ring_entries())});
   }
+  if (!c.irqchip().empty()) args.insert(args.end(), {"--irqchip", c.irqchip()});
   return args;
 }
 
@@ -256,6 +258,7 @@ Result<v1::VmInfo> VmManager::create(const std::string& name, const v1::VmConfig
                                    config.kernel(), std::strerror(errno)));
   }
   if (!config.dirty_tracking().empty()) TRY(vmm::parse_dirty_tracking(config.dirty_tracking()));
+  if (!config.irqchip().empty()) TRY(vmm::parse_irqchip_mode(config.irqchip()));
   if (options_.max_guest_memory && config.memory_bytes() > options_.max_guest_memory) {
     return Error::user(
         fmt::format("VM {} asks for {} MiB of RAM; this host runs guests of at most "
@@ -765,6 +768,10 @@ Result<v1::VmInfo> VmManager::restore(const v1::RestoreRequest& r) {
     TRY(vmm::parse_dirty_tracking(r.dirty_tracking()));
     how.args.insert(how.args.end(), {"--dirty-tracking", r.dirty_tracking()});
   }
+  if (!r.irqchip().empty()) {
+    TRY(vmm::parse_irqchip_mode(r.irqchip()));
+    how.args.insert(how.args.end(), {"--irqchip", r.irqchip()});
+  }
   TRY(start_new(r.name(), how));
   TRY(refresh_from_process(r.name()));
   return get(r.name());
@@ -778,6 +785,7 @@ Status VmManager::refresh_from_process(const std::string& name) {
   e->config.set_cpus(status.value("vcpus", 0u));
   e->config.set_dirty_tracking(status.value("dirty_tracking", ""));
   e->config.set_dirty_ring_entries(status.value("dirty_ring_entries", 0u));
+  e->config.set_irqchip(status.value("irqchip", ""));
   bool paused = status.value("paused", false);
   if (e->state == v1::VM_STATE_RUNNING || e->state == v1::VM_STATE_CREATED ||
       e->state == v1::VM_STATE_PAUSED) {

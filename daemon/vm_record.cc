@@ -95,7 +95,8 @@ json config_to_json(const v1::VmConfig& c) {
           {"memory_bytes", c.memory_bytes()},
           {"cpus", c.cpus()},
           {"dirty_tracking", c.dirty_tracking()},
-          {"dirty_ring_entries", c.dirty_ring_entries()}};
+          {"dirty_ring_entries", c.dirty_ring_entries()},
+          {"irqchip", c.irqchip()}};
 }
 
 Result<v1::VmConfig> config_from_json(const json& j) {
@@ -113,6 +114,7 @@ Result<v1::VmConfig> config_from_json(const json& j) {
   c.set_dirty_tracking(TRY(f.text("dirty_tracking")));
   c.set_dirty_ring_entries(
       static_cast<uint32_t>(TRY(f.unsigned_number("dirty_ring_entries", kMaxU32))));
+  c.set_irqchip(TRY(f.text("irqchip")));  // absent in records of earlier versions: kernel
   return c;
 }
 

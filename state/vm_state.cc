@@ -29,9 +29,12 @@
 #include "state/restore_budget.h"
 #include "state/stream_contents.h"
 #include "state/stream_limits.h"
+#include "state/user_irqchip_state.h"
+#include "state/vm_records.h"
 #include "vmm/absent_pages.h"
 #include "vmm/devices/cmos_rtc.h"
 #include "vmm/devices/serial.h"
+#include "vmm/vlapic/user_irqchip.h"
 
 namespace vmctl::state {
 namespace {
@@ -304,132 +307,6 @@ Result<MemoryStats> write_memory(vmm::Vm& vm, RecordWriter& writer, const DirtyB
 
 // ------------------------------------------------------------------ VM-level records
 
-void pic_to_record(const kvm_pic_state& p, ps::Pic::Builder out) {
-  out.setLastIrr(p.last_irr);
-  out.setIrr(p.irr);
-  out.setImr(p.imr);
-  out.setIsr(p.isr);
-  out.setPriorityAdd(p.priority_add);
-  out.setIrqBase(p.irq_base);
-  out.setReadRegSelect(p.read_reg_select);
-  out.setPoll(p.poll);
-  out.setSpecialMask(p.special_mask);
-  out.setInitState(p.init_state);
-  out.setAutoEoi(p.auto_eoi);
-  out.setRotateOnAutoEoi(p.rotate_on_auto_eoi);
-  out.setSpecialFullyNestedMode(p.special_fully_nested_mode);
-  out.setInit4(p.init4);
-  out.setElcr(p.elcr);
-  out.setElcrMask(p.elcr_mask);
-}
-
-kvm_pic_state pic_from_record(ps::Pic::Reader in) {
-  kvm_pic_state p{};
-  p.last_irr = in.getLastIrr();
-  p.irr = in.getIrr();
-  p.imr = in.getImr();
-  p.isr = in.getIsr();
-  p.priority_add = in.getPriorityAdd();
-  p.irq_base = in.getIrqBase();
-  p.read_reg_select = in.getReadRegSelect();
-  p.poll = in.getPoll();
-  p.special_mask = in.getSpecialMask();
-  p.init_state = in.getInitState();
-  p.auto_eoi = in.getAutoEoi();
-  p.rotate_on_auto_eoi = in.getRotateOnAutoEoi();
-  p.special_fully_nested_mode = in.getSpecialFullyNestedMode();
-  p.init4 = in.getInit4();
-  p.elcr = in.getElcr();
-  p.elcr_mask = in.getElcrMask();
-  return p;
-}
-
-Status write_vm_records(vmm::Vm& vm, RecordWriter& writer) {
-  vmm::kvm::VmFd& fd = vm.vm_fd();
-  {
-    capnp::MallocMessageBuilder message;
-    auto chip = message.initRoot<ps::Irqchip>();
-    kvm_irqchip master = TRY(fd.get_irqchip(KVM_IRQCHIP_PIC_MASTER));
-    kvm_irqchip slave = TRY(fd.get_irqchip(KVM_IRQCHIP_PIC_SLAVE));
-    kvm_irqchip ioapic = TRY(fd.get_irqchip(KVM_IRQCHIP_IOAPIC));
-    pic_to_record(master.chip.pic, chip.initPicMaster());
-    pic_to_record(slave.chip.pic, chip.initPicSlave());
-    auto io = chip.initIoapic();
-    io.setBaseAddress(ioapic.chip.ioapic.base_address);
-    io.setIoregsel(ioapic.chip.ioapic.ioregsel);
-    io.setId(ioapic.chip.ioapic.id);
-    io.setIrr(ioapic.chip.ioapic.irr);
-    auto redir = io.initRedirection(KVM_IOAPIC_NUM_PINS);
-    for (unsigned i = 0; i < KVM_IOAPIC_NUM_PINS; ++i) {
-      redir.set(i, ioapic.chip.ioapic.redirtbl[i].bits);
-    }
-    TRY(writer.write(ps::RecordType::IRQCHIP, message));
-  }
-  {
-    capnp::MallocMessageBuilder message;
-    auto pit = message.initRoot<ps::Pit>();
-    kvm_pit_state2 state = TRY(fd.get_pit2());
-    pit.setFlags(state.flags);
-    auto channels = pit.initChannels(3);
-    for (unsigned i = 0; i < 3; ++i) {
-      const kvm_pit_channel_state& c = state.channels[i];
-      auto out = channels[i];
-      out.setCount(c.count);
-      out.setLatchedCount(c.latched_count);
-      out.setCountLatched(c.count_latched);
-      out.setStatusLatched(c.status_latched);
-      out.setStatus(c.status);
-      out.setReadState(c.read_state);
-      out.setWriteState(c.write_state);
-      out.setWriteLatch(c.write_latch);
-      out.setRwMode(c.rw_mode);
-      out.setMode(c.mode);
-      out.setBcd(c.bcd);
-      out.setGate(c.gate);
-      out.setCountLoadTime(c.count_load_time);
-    }
-    TRY(writer.write(ps::RecordType::PIT, message));
-  }
-  {
-    capnp::MallocMessageBuilder message;
-    auto clock = message.initRoot<ps::Clock>();
-    kvm_clock_data data = TRY(fd.get_clock());
-    clock.setClock(data.clock);
-    clock.setFlags(data.flags);
-    clock.setRealtime(data.realtime);
-    clock.setHostTsc(data.host_tsc);
-    TRY(writer.write(ps::RecordType::CLOCK, message));
-  }
-  {
-    capnp::MallocMessageBuilder message;
-    auto device = message.initRoot<ps::Device>();
-    device.setName("serial8250@0x3f8");
-    vmm::Serial8250State s = vm.serial().save();
-    auto out = device.initSerial8250();
-    out.setIer(s.ier);
-    out.setLcr(s.lcr);
-    out.setMcr(s.mcr);
-    out.setScr(s.scr);
-    out.setDll(s.dll);
-    out.setDlm(s.dlm);
-    out.setFcr(s.fcr);
-    out.setThrePending(s.thre_pending);
-    out.setRxFifo(kj::arrayPtr(s.rx_fifo.data(), s.rx_fifo.size()));
-    TRY(writer.write(ps::RecordType::DEVICE, message));
-  }
-  {
-    capnp::MallocMessageBuilder message;
-    auto device = message.initRoot<ps::Device>();
-    device.setName("cmos-rtc@0x70");
-    vmm::CmosRtcState s = vm.rtc().save();
-    auto out = device.initCmosRtc();
-    out.setBytes(kj::arrayPtr(s.bytes.data(), s.bytes.size()));
-    out.setIndex(s.index);
-    TRY(writer.write(ps::RecordType::DEVICE, message));
-  }
-  return ok_status();
-}
-
 // ------------------------------------------------------------------ vCPU records
 
 void segment_to_record(const kvm_segment& s, ps::Segment::Builder out) {
@@ -484,7 +361,13 @@ Status write_vcpu(vmm::Vm& vm, unsigned index, const std::vector<uint32_t>& msr_
   vmm::kvm::VcpuFd& fd = vm.vcpu(index).fd();
   auto context = [&](const char* what) { return fmt::format("saving vCPU {} {}", index, what); };
   // MP state first: reading it may process a pending INIT/SIPI and move RIP.
-  kvm_mp_state mp = TRY_CTX(fd.get_mp_state(), context("MP state"));
+  vmm::vlapic::UserIrqchip* irqchip = vm.user_irqchip();
+  kvm_mp_state mp{};
+  if (irqchip) {
+    mp.mp_state = irqchip->kvm_mp_state(index);
+  } else {
+    mp = TRY_CTX(fd.get_mp_state(), context("MP state"));
+  }
   kvm_regs regs = TRY_CTX(fd.get_regs(), context("registers"));
   kvm_sregs sregs = TRY_CTX(fd.get_sregs(), context("special registers"));
   kvm_xcrs xcrs = TRY_CTX(fd.get_xcrs(), context("XCRs"));
@@ -494,9 +377,19 @@ Status write_vcpu(vmm::Vm& vm, unsigned index, const std::vector<uint32_t>& msr_
   kvm_vcpu_events events = TRY_CTX(fd.get_vcpu_events(), context("events"));
   std::vector<vmm::CpuidEntry> cpuid = TRY_CTX(fd.get_cpuid2(), context("CPUID"));
   Result<uint32_t> tsc_khz = fd.get_tsc_khz();
-  kvm_lapic_state lapic_page = TRY_CTX(fd.get_lapic(), context("local APIC"));
-  std::vector<vmm::kvm::MsrEntry> apic_msrs =
-      TRY_CTX(fd.get_msrs({kMsrApicBase, kMsrTscDeadline}), context("APIC MSRs"));
+  kvm_lapic_state lapic_page{};
+  std::vector<vmm::kvm::MsrEntry> apic_msrs;
+  if (irqchip) {
+    vmm::vlapic::LapicSnapshot saved = irqchip->save(index);
+    lapic_page = saved.page;
+    apic_msrs = {{kMsrApicBase, saved.apic_base}, {kMsrTscDeadline, saved.tsc_deadline}};
+    // KVM never sees the guest's IA32_APIC_BASE writes (they are filtered to the model): the
+    // model's value is the vCPU's, in the special registers too (KVM_SET_SREGS restores it).
+    sregs.apic_base = saved.apic_base;
+  } else {
+    lapic_page = TRY_CTX(fd.get_lapic(), context("local APIC"));
+    apic_msrs = TRY_CTX(fd.get_msrs({kMsrApicBase, kMsrTscDeadline}), context("APIC MSRs"));
+  }
 
   {
     capnp::MallocMessageBuilder message;
@@ -653,11 +546,6 @@ Status write_machine_state(vmm::Vm& vm, RecordWriter& writer, const PageStats& p
 }
 
 Result<CaptureStats> capture_vm(vmm::Vm& vm, RecordWriter& writer, const CaptureOptions& options) {
-  if (vm.user_irqchip()) {
-    return Error::user(
-        "this VM runs with --irqchip user, whose state snapshots and migrations do not carry yet: "
-        "run it with --irqchip kernel to snapshot or migrate it");
-  }
   Clock::time_point start = Clock::now();
   CaptureStats stats;
   stats.snapshot_id = options.snapshot_id.empty() ? new_snapshot_id() : options.snapshot_id;
@@ -794,97 +682,6 @@ Status apply_memory(vmm::GuestMemory& memory, ps::MemoryPages::Reader pages, Rec
   return ok_status();
 }
 
-Status restore_vm_records(vmm::Vm& vm, const std::map<int, std::vector<Record>>& records) {
-  vmm::kvm::VmFd& fd = vm.vm_fd();
-  auto find = [&](ps::RecordType t) -> const std::vector<Record>* {
-    auto it = records.find(static_cast<int>(t));
-    return it == records.end() ? nullptr : &it->second;
-  };
-  if (auto* pits = find(ps::RecordType::PIT)) {
-    auto msg = pits->front().message();
-    auto pit = msg->getRoot<ps::Pit>();
-    kvm_pit_state2 state{};
-    state.flags = pit.getFlags();
-    for (unsigned i = 0; i < pit.getChannels().size() && i < 3; ++i) {
-      auto c = pit.getChannels()[i];
-      kvm_pit_channel_state& s = state.channels[i];
-      s.count = c.getCount();
-      s.latched_count = c.getLatchedCount();
-      s.count_latched = c.getCountLatched();
-      s.status_latched = c.getStatusLatched();
-      s.status = c.getStatus();
-      s.read_state = c.getReadState();
-      s.write_state = c.getWriteState();
-      s.write_latch = c.getWriteLatch();
-      s.rw_mode = c.getRwMode();
-      s.mode = c.getMode();
-      s.bcd = c.getBcd();
-      s.gate = c.getGate();
-      s.count_load_time = c.getCountLoadTime();
-    }
-    TRY_CTX(fd.set_pit2(state), "restoring the PIT");
-  }
-  if (auto* clocks = find(ps::RecordType::CLOCK)) {
-    auto msg = clocks->front().message();
-    auto clock = msg->getRoot<ps::Clock>();
-    kvm_clock_data data{};
-    data.clock = clock.getClock();
-    // The guest's clock resumes where it was saved: time spent in the file is not guest time.
-    data.flags = 0;
-    TRY_CTX(fd.set_clock(data), "restoring kvmclock");
-  }
-  if (auto* chips = find(ps::RecordType::IRQCHIP)) {
-    auto msg = chips->front().message();
-    auto chip = msg->getRoot<ps::Irqchip>();
-    kvm_irqchip master{}, slave{}, ioapic{};
-    master.chip_id = KVM_IRQCHIP_PIC_MASTER;
-    master.chip.pic = pic_from_record(chip.getPicMaster());
-    slave.chip_id = KVM_IRQCHIP_PIC_SLAVE;
-    slave.chip.pic = pic_from_record(chip.getPicSlave());
-    ioapic.chip_id = KVM_IRQCHIP_IOAPIC;
-    auto io = chip.getIoapic();
-    ioapic.chip.ioapic.base_address = io.getBaseAddress();
-    ioapic.chip.ioapic.ioregsel = io.getIoregsel();
-    ioapic.chip.ioapic.id = io.getId();
-    ioapic.chip.ioapic.irr = io.getIrr();
-    for (unsigned i = 0; i < io.getRedirection().size() && i < KVM_IOAPIC_NUM_PINS; ++i) {
-      ioapic.chip.ioapic.redirtbl[i].bits = io.getRedirection()[i];
-    }
-    TRY_CTX(fd.set_irqchip(master), "restoring the master PIC");
-    TRY_CTX(fd.set_irqchip(slave), "restoring the slave PIC");
-    TRY_CTX(fd.set_irqchip(ioapic), "restoring the IOAPIC");
-  }
-  if (auto* devices = find(ps::RecordType::DEVICE)) {
-    for (const Record& r : *devices) {
-      auto msg = r.message();
-      auto device = msg->getRoot<ps::Device>();
-      if (device.isSerial8250()) {
-        auto s = device.getSerial8250();
-        vmm::Serial8250State state;
-        state.ier = s.getIer();
-        state.lcr = s.getLcr();
-        state.mcr = s.getMcr();
-        state.scr = s.getScr();
-        state.dll = s.getDll();
-        state.dlm = s.getDlm();
-        state.fcr = s.getFcr();
-        state.thre_pending = s.getThrePending();
-        state.rx_fifo.assign(s.getRxFifo().begin(), s.getRxFifo().end());
-        vm.serial().restore(state);
-      } else if (device.isCmosRtc()) {
-        auto c = device.getCmosRtc();
-        vmm::CmosRtcState state;
-        auto bytes = c.getBytes();
-        std::memcpy(state.bytes.data(), bytes.begin(), std::min<size_t>(bytes.size(), 128));
-        state.index = c.getIndex();
-        vm.rtc().restore(state);
-      }
-      // Devices this version does not know come from a newer minor version: skip them.
-    }
-  }
-  return ok_status();
-}
-
 }  // namespace
 
 const char* vcpu_restore_step_name(VcpuRestoreStep step) {
@@ -961,6 +758,7 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
     case Step::kMpState: {
       kvm_mp_state mp{};
       mp.mp_state = v.getMpState();
+      if (vm.user_irqchip()) return vm.user_irqchip()->set_kvm_mp_state(index, mp.mp_state);
       TRY_CTX(fd.set_mp_state(mp), context("MP state"));
       return ok_status();
     }
@@ -1047,16 +845,37 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
       return ok_status();
     }
     case Step::kLapic:
+      if (vm.user_irqchip()) {
+        // The model takes the page, the APIC base and the TSC deadline together.
+        TRY_CTX(vm.user_irqchip()->load(index, encode_lapic(in.lapic, /*x2apic_ids=*/false),
+                                        in.lapic.apic_base, in.lapic.tsc_deadline),
+                context("local APIC"));
+        return ok_status();
+      }
       TRY_CTX(fd.set_lapic(encode_lapic(in.lapic, /*x2apic_ids=*/false)), context("local APIC"));
       return ok_status();
     case Step::kMsrs: {
+      // KVM's paravirtual async-page-fault interrupt MSRs need its in-kernel LAPIC: under
+      // --irqchip user they can only be off (0), and KVM refuses even that.
+      constexpr uint32_t kMsrKvmAsyncPfInt = 0x4b564d06, kMsrKvmAsyncPfAck = 0x4b564d07;
       std::vector<vmm::kvm::MsrEntry> msrs;
-      for (auto m : v.getMsrs()) msrs.push_back(vmm::kvm::MsrEntry{m.getIndex(), m.getValue()});
+      for (auto m : v.getMsrs()) {
+        bool needs_kernel_lapic =
+            m.getIndex() == kMsrKvmAsyncPfInt || m.getIndex() == kMsrKvmAsyncPfAck;
+        if (vm.user_irqchip() && needs_kernel_lapic) {
+          if (m.getValue() == 0) continue;
+          return Error::user(fmt::format(
+              "vCPU {}: the guest uses KVM's async page fault interrupt (MSR 0x{:x}), which needs "
+              "the in-kernel LAPIC: restore it with --irqchip kernel",
+              index, m.getIndex()));
+        }
+        msrs.push_back(vmm::kvm::MsrEntry{m.getIndex(), m.getValue()});
+      }
       TRY_CTX(fd.set_msrs(msrs), context("MSRs"));
       return ok_status();
     }
     case Step::kTscDeadline:
-      if (in.lapic.tsc_deadline == 0) return ok_status();
+      if (in.lapic.tsc_deadline == 0 || vm.user_irqchip()) return ok_status();
       TRY_CTX(fd.set_msrs({vmm::kvm::MsrEntry{kMsrTscDeadline, in.lapic.tsc_deadline}}),
               context("TSC deadline"));
       return ok_status();
@@ -1088,6 +907,8 @@ Status restore_vcpu_step(VcpuRestoreStep step, vmm::Vm& vm, const VcpuRestoreInp
       return ok_status();
     }
     case Step::kVerifyPpr: {
+      // The userspace LAPIC derives PPR on every read: nothing to verify.
+      if (vm.user_irqchip()) return ok_status();
       // PPR is derived state: check KVM derived the same value from the restored TPR and ISR.
       kvm_lapic_state after = TRY_CTX(fd.get_lapic(), context("local APIC (verifying)"));
       LapicState restored = decode_lapic(after, in.lapic.apic_base, 0, false);
@@ -1206,6 +1027,7 @@ class Restorer {
       config_.for_restore = true;
       config_.dirty_tracking = options_.dirty_tracking;
       config_.dirty_ring_entries = options_.dirty_ring_entries;
+      config_.irqchip = options_.irqchip;
       directory_ = directory;
     } else {
       if (info.kind != ps::StreamKind::DIFF_SNAPSHOT) {

@@ -138,6 +138,8 @@ struct RestoreOptions {
   // How the restored VM tracks dirty pages: a property of this host, not of the snapshot.
   vmm::DirtyTracking dirty_tracking = vmm::DirtyTracking::kAuto;
   uint32_t dirty_ring_entries = 0;
+  // Which LAPIC the restored VM gets: a snapshot restores into either (state/user_irqchip_state.h).
+  vmm::IrqchipMode irqchip = vmm::IrqchipMode::kKernel;
   // What the stream may make this host spend (guest RAM, vCPUs, records held until the trailer).
   RestoreBudget budget;
   // A migration over several data connections: called at the trailer of the main one, it waits

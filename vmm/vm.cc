@@ -89,19 +89,6 @@ Vm::~Vm() {
   vcpus_.clear();  // before the irqchip they call into
 }
 
-const char* irqchip_mode_name(IrqchipMode mode) {
-  return mode == IrqchipMode::kUser ? "user" : "kernel";
-}
-
-Result<IrqchipMode> parse_irqchip_mode(const std::string& text) {
-  if (text == "kernel") return IrqchipMode::kKernel;
-  if (text == "user") return IrqchipMode::kUser;
-  return Error::user(
-      fmt::format("--irqchip {}: give kernel (KVM's in-kernel irqchip) or user "
-                  "(vmctl's local APIC in userspace)",
-                  text));
-}
-
 Status Vm::setup_user_irqchip(unsigned vcpus) {
   // The LAPIC's MSRs must reach userspace: the x2APIC range fails in KVM without its LAPIC
   // (KVM_MSR_EXIT_REASON_INVAL), IA32_APIC_BASE and IA32_TSC_DEADLINE KVM would take itself

@@ -16,6 +16,7 @@
 #include "vmm/boot/boot.h"
 #include "vmm/devices/port_io.h"
 #include "vmm/dirty_pages.h"
+#include "vmm/irqchip_mode.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/kvm/stats.h"
 #include "vmm/memory.h"
@@ -31,13 +32,6 @@ inline constexpr unsigned kMaxVcpus = 254;  // APIC IDs 0..253; 254 is the IOAPI
 namespace vlapic {
 class UserIrqchip;
 }
-
-// Who models the interrupt controllers: KVM's in-kernel irqchip (local APICs, IOAPIC, PIC) and
-// PIT, or vmctl in userspace (vlapic/user_irqchip.h: the local APICs; no IOAPIC, PIC or PIT yet,
-// so guests that need legacy interrupts need the kernel's).
-enum class IrqchipMode { kKernel, kUser };
-const char* irqchip_mode_name(IrqchipMode mode);
-Result<IrqchipMode> parse_irqchip_mode(const std::string& text);
 
 struct VmConfig {
   uint64_t memory_size = 256ull << 20;

@@ -151,6 +151,7 @@ nlohmann::json ControlServer::status() {
                       {"dirty_tracking", vmm::dirty_tracking_name(vm_.config().dirty_tracking)},
                       {"dirty_tracking_in_use", vmm::dirty_tracking_name(vm_.dirty_pages().mode())},
                       {"dirty_ring_entries", vm_.config().dirty_ring_entries},
+                      {"irqchip", vmm::irqchip_mode_name(vm_.config().irqchip)},
                       {"pid", ::getpid()}};
   std::lock_guard lock(mu_);
   j["user_paused"] = paused_by_us_;

@@ -43,6 +43,7 @@ Result<std::unique_ptr<vmm::Vm>> prepare_vm(const ReceiveOptions& o,
   config.for_restore = true;
   config.dirty_tracking = options.dirty_tracking;
   config.dirty_ring_entries = options.dirty_ring_entries;
+  config.irqchip = TRY(vmm::parse_irqchip_mode(o.irqchip));
   return TRY_CTX(vmm::Vm::create(config), "preparing the VM the migration fills");
 }
 

@@ -31,7 +31,8 @@ struct ReceiveOptions {
   std::string console_log_max;  // e.g. "8M" (console.h)
   std::string dirty_tracking = "auto";
   uint32_t dirty_ring_entries = 0;
-  uint64_t max_guest_memory = 0;  // 0: the host's RAM
+  std::string irqchip = "kernel";  // vmm::IrqchipMode
+  uint64_t max_guest_memory = 0;   // 0: the host's RAM
 };
 
 // Restores the VM from the stream and runs it; returns the process exit code.

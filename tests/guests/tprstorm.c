@@ -5,19 +5,29 @@
  * Command line (all optional):
  *   writes=N   CR8 writes per run (default 100000)
  *   runs=N     runs (default 5); a few timer ticks apart so the host can read its counters
+ *   path=N     how the TPR is written: 0 CR8 (default), 1 the xAPIC MMIO register (0xfee00080),
+ *              2 the x2APIC MSR (0x808; the APIC is switched to x2APIC mode first)
  * Output per run: "TPR begin k", then "TPR end k writes=N tsc=T"; at the end "TPR done". */
 #include "rt/rt.h"
+
+static uint64_t enable_x2apic(uint64_t unused) {
+  (void)unused;
+  return (uint64_t)rt_x2apic_enable();
+}
 
 void user_main(void) {
   uint64_t writes = rt_arg("writes", 100000);
   uint64_t runs = rt_arg("runs", 5);
+  uint64_t path = rt_arg("path", 0);
+  if (path == 2) rt_ring0_call(enable_x2apic, 0);
   rt_set_timer(10000);
-  rt_printf("tprstorm: writes=%lu runs=%lu\n", writes, runs);
+  rt_printf("tprstorm: writes=%lu runs=%lu path=%s\n", writes, runs,
+            path == 1 ? "mmio" : path == 2 ? "msr" : "cr8");
   for (uint64_t k = 1; k <= runs; ++k) {
     for (int i = 0; i < 3; ++i) rt_wait_tick();
     rt_printf("TPR begin %lu\n", k);
     for (int i = 0; i < 2; ++i) rt_wait_tick();
-    uint64_t tsc = rt_syscall(RT_SYS_TPR_STORM, writes);
+    uint64_t tsc = rt_syscall2(RT_SYS_TPR_STORM, writes, path);
     rt_printf("TPR end %lu writes=%lu tsc=%lu\n", k, writes, tsc);
     for (int i = 0; i < 2; ++i) rt_wait_tick();
   }

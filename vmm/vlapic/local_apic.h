@@ -147,6 +147,8 @@ class LocalApic {
   std::optional<uint64_t> receive_sipi(uint8_t vector);
   std::optional<uint64_t> take_sipi() { return std::exchange(sipi_start_, std::nullopt); }
   MpState mp_state() const { return mp_state_; }
+  // A restore: the vCPU's state as saved (an AP that had not started waits for its SIPI again).
+  void set_mp_state(MpState state) { mp_state_ = state; }
 
   // xAPIC MMIO on the 4 KiB page at mmio_base(): any offset and length is safe (see the latitude
   // notes above for what odd ones do).

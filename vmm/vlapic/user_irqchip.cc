@@ -36,6 +36,14 @@ UserIrqchip::UserIrqchip(unsigned vcpus) {
     auto v = std::make_unique<PerVcpu>();
     // APIC IDs are the vCPU indexes (what the MP table says, vmm/boot); vCPU 0 is the BSP.
     v->apic = std::make_unique<LocalApic>(LocalApicConfig{i, i == 0, false}, clock_);
+    // LINT0 to the PIC (ExtINT) and LINT1 to NMI, as the MP table says (virtual wire mode) and
+    // as Vcpu::configure wires KVM's LAPIC: the two implementations start alike.
+    for (auto [offset, delivery] : {std::pair{0x350u, 0x700u}, std::pair{0x360u, 0x400u}}) {
+      // (A write while the APIC is software-disabled masks the pin: only where it changes.)
+      if ((v->apic->lvt(offset) & 0x700u) == delivery) continue;
+      uint32_t value = (v->apic->lvt(offset) & ~0x700u) | delivery;
+      v->apic->write_mmio(offset, &value, sizeof value);
+    }
     bus_.attach(*v->apic);
     vcpus_.push_back(std::move(v));
   }
@@ -204,6 +212,38 @@ void UserIrqchip::apply(unsigned index, const ApicWriteEffect& effect) {
     if (id < vcpus_.size()) notify(id, id != index);
   }
   // level_eoi: there is no IOAPIC behind this LAPIC yet; nothing waits for a level EOI.
+}
+
+uint32_t UserIrqchip::kvm_mp_state(unsigned index) {
+  std::lock_guard lock(mu_);
+  const PerVcpu& v = *vcpus_[index];
+  if (v.apic->mp_state() == MpState::kWaitForSipi) return KVM_MP_STATE_INIT_RECEIVED;
+  return v.halted ? KVM_MP_STATE_HALTED : KVM_MP_STATE_RUNNABLE;
+}
+
+Status UserIrqchip::set_kvm_mp_state(unsigned index, uint32_t mp_state) {
+  std::lock_guard lock(mu_);
+  PerVcpu& v = *vcpus_[index];
+  switch (mp_state) {
+    case KVM_MP_STATE_RUNNABLE:
+      v.apic->set_mp_state(MpState::kRunnable);
+      v.halted = false;
+      return ok_status();
+    case KVM_MP_STATE_HALTED:
+      v.apic->set_mp_state(MpState::kRunnable);
+      v.halted = true;
+      return ok_status();
+    case KVM_MP_STATE_UNINITIALIZED:
+    case KVM_MP_STATE_INIT_RECEIVED:
+      v.apic->set_mp_state(MpState::kWaitForSipi);
+      v.halted = false;
+      return ok_status();
+    default:
+      return Error::user(fmt::format(
+          "vCPU {} was saved in MP state {} (between a SIPI and its start), which --irqchip user "
+          "cannot resume: restore it with --irqchip kernel",
+          index, mp_state));
+  }
 }
 
 LapicSnapshot UserIrqchip::save(unsigned index) {

@@ -96,6 +96,11 @@ class UserIrqchip {
   Status load(unsigned index, const kvm_lapic_state& page, uint64_t apic_base,
               uint64_t tsc_deadline);
 
+  // The vCPU's MP state as KVM names it (KVM_MP_STATE_RUNNABLE, _HALTED, _INIT_RECEIVED for an
+  // AP waiting for its SIPI), for snapshots; and set from one.
+  uint32_t kvm_mp_state(unsigned index);
+  Status set_kvm_mp_state(unsigned index, uint32_t mp_state);
+
   // The MSRs the VM's MSR filter must send to userspace.
   static std::vector<uint32_t> filtered_msrs();
 

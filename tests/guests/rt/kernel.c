@@ -252,12 +252,22 @@ void rt_isr_dispatch(struct frame* f) {
         /* The task priority as an OS raises and lowers it around critical sections: CR8 is its
          * architectural alias (TPR[7:4]). Values 0 and 1 mask no vector the runtime uses. */
         uint64_t start = rt_rdtsc();
-        for (uint64_t i = 0; i < f->rdi; ++i) {
-          uint64_t v = i & 1;
-          __asm__ volatile("mov %0, %%cr8" ::"r"(v) : "memory");
+        if (f->rsi == 1) {
+          for (uint64_t i = 0; i < f->rdi; ++i) {
+            *(volatile uint32_t*)(LAPIC_BASE + 0x80) = (uint32_t)((i & 1) << 4);
+          }
+          *(volatile uint32_t*)(LAPIC_BASE + 0x80) = 0;
+        } else if (f->rsi == 2) {
+          for (uint64_t i = 0; i < f->rdi; ++i) rt_wrmsr(MSR_X2APIC_FIRST + 0x80 / 16, (i & 1) << 4);
+          rt_wrmsr(MSR_X2APIC_FIRST + 0x80 / 16, 0);
+        } else {
+          for (uint64_t i = 0; i < f->rdi; ++i) {
+            uint64_t v = i & 1;
+            __asm__ volatile("mov %0, %%cr8" ::"r"(v) : "memory");
+          }
+          uint64_t zero = 0;
+          __asm__ volatile("mov %0, %%cr8" ::"r"(zero) : "memory");
         }
-        uint64_t zero = 0;
-        __asm__ volatile("mov %0, %%cr8" ::"r"(zero) : "memory");
         f->rax = rt_rdtsc() - start;
         break;
       }

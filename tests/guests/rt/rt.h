@@ -33,7 +33,8 @@ enum rt_syscall {
   RT_SYS_WRITE = 3,     /* write rdi[0..rsi) to COM1 */
   RT_SYS_READ = 4,      /* read up to rsi pending COM1 bytes into rdi; returns the count */
   RT_SYS_EXIT = 5,      /* end the VM with status rdi through the debug-exit port */
-  RT_SYS_TPR_STORM = 6, /* write CR8 rdi times in ring 0 (alternating 0 and 1); returns TSC ticks */
+  RT_SYS_TPR_STORM = 6, /* write the TPR rdi times in ring 0 (alternating classes 0 and 1) through
+                           rsi: 0 CR8, 1 the xAPIC MMIO register, 2 the x2APIC MSR; TSC ticks */
   RT_SYS_RING0_CALL = 7, /* call rdi(rsi) in ring 0 with interrupts off; returns its result */
 };
 
