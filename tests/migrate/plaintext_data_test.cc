@@ -62,6 +62,19 @@ struct FakeDestination {
   std::string endpoint() const { return "127.0.0.1:" + std::to_string(port); }
 };
 
+// A bare TCP connection to the listener, to speak the hello by hand.
+Fd raw_connection(const DataListener& l) {
+  Result<Endpoint> e = parse_endpoint(endpoint_of(l));
+  if (!e.ok()) return Fd();
+  Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(std::stoi(e->port)));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) return Fd();
+  return s;
+}
+
 std::string read_line(int fd) {
   std::string line;
   char c;
@@ -119,14 +132,8 @@ TEST(PlaintextDataConnections, AStrangerWhoAnswersTheChallengeWronglyIsRefused) 
   auto joined = std::async(std::launch::async, [&] {
     return (*l)->accept_all(kId, kSecret, 1, std::chrono::steady_clock::now() + 2s);
   });
-  Result<Endpoint> e = parse_endpoint(endpoint_of(**l));
-  ASSERT_TRUE(e.ok());
-  Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(e->port)));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  Fd s = raw_connection(**l);
+  ASSERT_TRUE(s.valid());
   DataHello hello;
   hello.version = 2;
   hello.migration_id = kId;
@@ -149,14 +156,8 @@ TEST(PlaintextDataConnections, TheSecretItselfIsRefusedOnAPlaintextListener) {
   auto joined = std::async(std::launch::async, [&] {
     return (*l)->accept_all(kId, kSecret, 1, std::chrono::steady_clock::now() + 2s);
   });
-  Result<Endpoint> e = parse_endpoint(endpoint_of(**l));
-  ASSERT_TRUE(e.ok());
-  Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(std::stoi(e->port)));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  Fd s = raw_connection(**l);
+  ASSERT_TRUE(s.valid());
   DataHello v1;
   v1.migration_id = kId;
   v1.secret = kSecret;
