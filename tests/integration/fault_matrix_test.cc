@@ -126,12 +126,14 @@ TEST_F(FaultMatrix, DestinationDaemonKilledInALaterRound) {
   big_guest();
   v1::MigrateRequest req = endless();
   req.set_streams(3);  // parallel streams roll back as cleanly as one
+  // Round 1's report comes when round 1 has been sent: a guest starved of CPU during it (a busy
+  // CI machine) may leave too little dirty for a round 2, so the daemon dies there.
   MigrationResult r = migrate(A(), req, [&](const auto& p) {
-    if (p.round() >= 2 && B().running()) B().stop(SIGKILL);
+    if (p.round() >= 1 && B().running()) B().stop(SIGKILL);
   });
   expect_failed(r);
   ASSERT_NE(r.last(), nullptr);
-  EXPECT_GE(r.last()->round(), 2u);
+  EXPECT_GE(r.last()->round(), 1u);
   B().start();
   expect_one_copy(name, hosts->root_a());
   stop_vm(name);
