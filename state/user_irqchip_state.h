@@ -9,7 +9,9 @@
 //   is only sound while the guest does not use them: an IOAPIC with an unmasked pin or a PIT
 //   whose channel 0 was programmed is refused, naming the pin or channel.
 // MP state: an AP waiting for its SIPI records KVM_MP_STATE_INIT_RECEIVED, a halted vCPU
-// KVM_MP_STATE_HALTED, as the in-kernel LAPIC reports them.
+// KVM_MP_STATE_HALTED, as the in-kernel LAPIC reports them; a halted vCPU restored under
+// --irqchip user resumes just past its HLT (an interrupt KVM had taken into the saved vCPU events
+// is delivered only when the vCPU enters the guest).
 #pragma once
 
 #include <cstdint>

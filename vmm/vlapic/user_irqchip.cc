@@ -230,8 +230,12 @@ Status UserIrqchip::set_kvm_mp_state(unsigned index, uint32_t mp_state) {
       v.halted = false;
       return ok_status();
     case KVM_MP_STATE_HALTED:
+      // Resumed as running, just past its HLT (KVM advanced RIP before it halted): the saved
+      // vCPU events may hold an interrupt KVM had already taken from its LAPIC, which only a
+      // vCPU that enters the guest receives. A guest sees a wake-up from HLT, which it must
+      // allow for anyway.
       v.apic->set_mp_state(MpState::kRunnable);
-      v.halted = true;
+      v.halted = false;
       return ok_status();
     case KVM_MP_STATE_UNINITIALIZED:
     case KVM_MP_STATE_INIT_RECEIVED:
