@@ -27,14 +27,14 @@
  * instruction emulator (it implements `int n` only in real mode and has no `sysret`), while
  * exception delivery and `iretq` do. */
 enum rt_syscall {
-  RT_SYS_WAIT_TICK = 0, /* sleep (hlt) until the next timer tick */
-  RT_SYS_SET_TIMER = 1, /* start the periodic LAPIC timer with this period in microseconds */
-  RT_SYS_START_APS = 2, /* INIT-SIPI-SIPI every application processor in the MP table */
-  RT_SYS_WRITE = 3,     /* write rdi[0..rsi) to COM1 */
-  RT_SYS_READ = 4,      /* read up to rsi pending COM1 bytes into rdi; returns the count */
-  RT_SYS_EXIT = 5,      /* end the VM with status rdi through the debug-exit port */
-  RT_SYS_TPR_STORM = 6, /* write the TPR rdi times in ring 0 (alternating classes 0 and 1) through
-                           rsi: 0 CR8, 1 the xAPIC MMIO register, 2 the x2APIC MSR; TSC ticks */
+  RT_SYS_WAIT_TICK = 0,  /* sleep (hlt) until the next timer tick */
+  RT_SYS_SET_TIMER = 1,  /* start the periodic LAPIC timer with this period in microseconds */
+  RT_SYS_START_APS = 2,  /* INIT-SIPI-SIPI every application processor in the MP table */
+  RT_SYS_WRITE = 3,      /* write rdi[0..rsi) to COM1 */
+  RT_SYS_READ = 4,       /* read up to rsi pending COM1 bytes into rdi; returns the count */
+  RT_SYS_EXIT = 5,       /* end the VM with status rdi through the debug-exit port */
+  RT_SYS_TPR_STORM = 6,  /* write the TPR rdi times in ring 0 (alternating classes 0 and 1) through
+                            rsi: 0 CR8, 1 the xAPIC MMIO register, 2 the x2APIC MSR; TSC ticks */
   RT_SYS_RING0_CALL = 7, /* call rdi(rsi) in ring 0 with interrupts off; returns its result */
 };
 
@@ -98,7 +98,8 @@ uint32_t rt_lapic_read(uint32_t reg);
 void rt_lapic_write(uint32_t reg, uint32_t value);
 /* Fixed, edge-triggered IPI with the "self" destination shorthand. */
 void rt_lapic_self_ipi(uint8_t vector);
-/* Switches the boot CPU's APIC from xAPIC to x2APIC mode; returns 0 when CPUID does not offer it. */
+/* Switches the boot CPU's APIC from xAPIC to x2APIC mode; returns 0 when CPUID does not offer it.
+ */
 int rt_x2apic_enable(void);
 
 /* Ring-0 handlers for vectors the runtime does not use itself (32..254 except RT_VECTOR_TIMER).
