@@ -347,9 +347,8 @@ bool Vcpu::handle_irqchip_exit(bool& keep_running) {
   keep_running = true;
   switch (run->exit_reason) {
     case KVM_EXIT_MMIO:
-      if (!irqchip_->is_apic_mmio(me, run->mmio.phys_addr)) return false;
-      irqchip_->mmio(me, run->mmio.phys_addr, run->mmio.data, run->mmio.len, run->mmio.is_write);
-      return true;
+      return irqchip_->mmio(me, run->mmio.phys_addr, run->mmio.data, run->mmio.len,
+                            run->mmio.is_write);
     case KVM_EXIT_X86_RDMSR: {
       uint64_t value = 0;
       run->msr.error = irqchip_->rdmsr(me, run->msr.index, &value) ? 0 : 1;

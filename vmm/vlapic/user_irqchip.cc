@@ -168,22 +168,21 @@ void UserIrqchip::after_exit(unsigned index, const kvm_run& run) {
   vcpus_[index]->apic->set_cr8(run.cr8);
 }
 
-bool UserIrqchip::is_apic_mmio(unsigned index, uint64_t address) {
-  std::lock_guard lock(mu_);
-  const LocalApic& apic = *vcpus_[index]->apic;
-  return apic.mode() == ApicMode::kXapic && address >= apic.mmio_base() &&
-         address < apic.mmio_base() + kPage;
-}
-
-void UserIrqchip::mmio(unsigned index, uint64_t address, uint8_t* data, size_t len, bool write) {
+bool UserIrqchip::mmio(unsigned index, uint64_t address, uint8_t* data, size_t len, bool write) {
   std::lock_guard lock(mu_);
   LocalApic& apic = *vcpus_[index]->apic;
+  if (apic.mode() != ApicMode::kXapic || address < apic.mmio_base() ||
+      address >= apic.mmio_base() + kPage) {
+    return false;
+  }
   uint64_t offset = address - apic.mmio_base();
   if (!write) {
     apic.read_mmio(offset, data, len);
-    return;
+    return true;
   }
-  apply(index, apic.write_mmio(offset, data, len));
+  std::optional<uint64_t> deadline = apic.next_timer_deadline_ns();
+  apply(index, apic.write_mmio(offset, data, len), deadline);
+  return true;
 }
 
 bool UserIrqchip::rdmsr(unsigned index, uint32_t msr, uint64_t* value) {
@@ -196,15 +195,19 @@ bool UserIrqchip::rdmsr(unsigned index, uint32_t msr, uint64_t* value) {
 
 bool UserIrqchip::wrmsr(unsigned index, uint32_t msr, uint64_t value) {
   std::lock_guard lock(mu_);
-  std::optional<ApicWriteEffect> effect = vcpus_[index]->apic->write_msr(msr, value);
+  LocalApic& apic = *vcpus_[index]->apic;
+  std::optional<uint64_t> deadline = apic.next_timer_deadline_ns();
+  std::optional<ApicWriteEffect> effect = apic.write_msr(msr, value);
   if (!effect) return false;
-  apply(index, *effect);
+  apply(index, *effect, deadline);
   return true;
 }
 
-void UserIrqchip::apply(unsigned index, const ApicWriteEffect& effect) {
-  // Any register write may have changed a timer: the timer thread looks again.
-  timer_cv_.notify_all();
+void UserIrqchip::apply(unsigned index, const ApicWriteEffect& effect,
+                        std::optional<uint64_t> deadline_before) {
+  // The timer thread looks again only when this APIC's deadline moved (not on every EOI or TPR
+  // write, which are the hot ones).
+  if (vcpus_[index]->apic->next_timer_deadline_ns() != deadline_before) timer_cv_.notify_all();
   if (!effect.ipi) return;
   DeliveryReport report = bus_.send(*vcpus_[index]->apic, *effect.ipi);
   for (uint32_t id : report.initial_ids) {

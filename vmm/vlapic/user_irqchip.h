@@ -84,9 +84,9 @@ class UserIrqchip {
   Status prepare_entry(unsigned index, kvm::VcpuFd& fd);
   void after_exit(unsigned index, const kvm_run& run);
 
-  // Whether `address` lies in vCPU `index`'s xAPIC page (its APIC base, xAPIC mode).
-  bool is_apic_mmio(unsigned index, uint64_t address);
-  void mmio(unsigned index, uint64_t address, uint8_t* data, size_t len, bool write);
+  // An access to vCPU `index`'s xAPIC page (its APIC base, xAPIC mode); false (and nothing done)
+  // for any other address. One lock per MMIO exit.
+  bool mmio(unsigned index, uint64_t address, uint8_t* data, size_t len, bool write);
   // False: #GP.
   bool rdmsr(unsigned index, uint32_t msr, uint64_t* value);
   bool wrmsr(unsigned index, uint32_t msr, uint64_t value);
@@ -111,8 +111,10 @@ class UserIrqchip {
     bool control_wake = false;
     std::condition_variable cv;
   };
-  // With mu_ held: routes what a register write asked for.
-  void apply(unsigned index, const ApicWriteEffect& effect);
+  // With mu_ held: routes what a register write asked for; `deadline_before` is the APIC's timer
+  // deadline before the write (the timer thread is woken only when it changed).
+  void apply(unsigned index, const ApicWriteEffect& effect,
+             std::optional<uint64_t> deadline_before);
   // With mu_ held: vCPU `index` got something to take: wake its wait, or kick it out of the guest.
   void notify(unsigned index, bool kick);
   void timer_loop();
