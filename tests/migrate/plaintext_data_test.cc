@@ -86,14 +86,31 @@ void write_line(int fd, const std::string& line) {
   ASSERT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
 }
 
+// A plaintext listener on loopback accepting `count` connections of the test migration, on a
+// thread of its own, until `wait` has passed.
+struct PlaintextDestination {
+  PlaintextDestination(unsigned count, std::chrono::seconds wait) {
+    Result<std::unique_ptr<DataListener>> made = DataListener::listen_tcp("127.0.0.1", {}, true);
+    if (!made.ok()) {
+      error = made.error().message();
+      return;
+    }
+    listener = std::move(made).value();
+    joined = std::async(std::launch::async, [this, count, wait] {
+      return listener->accept_all(kId, kSecret, count, std::chrono::steady_clock::now() + wait);
+    });
+  }
+  std::unique_ptr<DataListener> listener;
+  std::string error;
+  std::future<Result<std::vector<std::unique_ptr<DataConnection>>>> joined;
+};
+
 TEST(PlaintextDataConnections, BothSidesProveTheSecretAndEveryConnectionJoins) {
-  Result<std::unique_ptr<DataListener>> l = DataListener::listen_tcp("127.0.0.1", {}, true);
-  ASSERT_TRUE(l.ok()) << l.error().message();
-  auto joined = std::async(std::launch::async, [&] {
-    return (*l)->accept_all(kId, kSecret, 3, std::chrono::steady_clock::now() + 10s);
-  });
-  Result<std::unique_ptr<DataLanes>> lanes =
-      DataLanes::connect(source(endpoint_of(**l), kSecret, 3));
+  PlaintextDestination d(3, 10s);
+  ASSERT_TRUE(d.listener) << d.error;
+  DataListener& l = *d.listener;
+  auto& joined = d.joined;
+  Result<std::unique_ptr<DataLanes>> lanes = DataLanes::connect(source(endpoint_of(l), kSecret, 3));
   ASSERT_TRUE(lanes.ok()) << lanes.error().message();
   EXPECT_EQ((*lanes)->count(), 3u);
   EXPECT_TRUE((*lanes)->authenticated());
@@ -107,32 +124,29 @@ TEST(PlaintextDataConnections, BothSidesProveTheSecretAndEveryConnectionJoins) {
 }
 
 TEST(PlaintextDataConnections, AWrongSecretIsRefusedAndTheRightOneStillJoins) {
-  Result<std::unique_ptr<DataListener>> l = DataListener::listen_tcp("127.0.0.1", {}, true);
-  ASSERT_TRUE(l.ok());
-  auto joined = std::async(std::launch::async, [&] {
-    return (*l)->accept_all(kId, kSecret, 1, std::chrono::steady_clock::now() + 10s);
-  });
+  PlaintextDestination d(1, 10s);
+  ASSERT_TRUE(d.listener) << d.error;
+  DataListener& l = *d.listener;
+  auto& joined = d.joined;
   std::string wrong = kSecret;
   wrong[0] = '6';
   Result<std::unique_ptr<DataLanes>> impostor =
-      DataLanes::connect(source(endpoint_of(**l), wrong, 1));
+      DataLanes::connect(source(endpoint_of(l), wrong, 1));
   ASSERT_FALSE(impostor.ok());
   // A source with the wrong secret cannot even tell a real destination from a fake one.
   EXPECT_NE(impostor.error().message().find("could not prove"), std::string::npos)
       << impostor.error().message();
-  Result<std::unique_ptr<DataLanes>> real =
-      DataLanes::connect(source(endpoint_of(**l), kSecret, 1));
+  Result<std::unique_ptr<DataLanes>> real = DataLanes::connect(source(endpoint_of(l), kSecret, 1));
   ASSERT_TRUE(real.ok()) << real.error().message();
   ASSERT_TRUE(joined.get().ok());
 }
 
 TEST(PlaintextDataConnections, AStrangerWhoAnswersTheChallengeWronglyIsRefused) {
-  Result<std::unique_ptr<DataListener>> l = DataListener::listen_tcp("127.0.0.1", {}, true);
-  ASSERT_TRUE(l.ok());
-  auto joined = std::async(std::launch::async, [&] {
-    return (*l)->accept_all(kId, kSecret, 1, std::chrono::steady_clock::now() + 2s);
-  });
-  Fd s = raw_connection(**l);
+  PlaintextDestination d(1, 2s);
+  ASSERT_TRUE(d.listener) << d.error;
+  DataListener& l = *d.listener;
+  auto& joined = d.joined;
+  Fd s = raw_connection(l);
   ASSERT_TRUE(s.valid());
   DataHello hello;
   hello.version = 2;
@@ -151,12 +165,11 @@ TEST(PlaintextDataConnections, AStrangerWhoAnswersTheChallengeWronglyIsRefused) 
 TEST(PlaintextDataConnections, TheSecretItselfIsRefusedOnAPlaintextListener) {
   // A source that would send the secret in the clear (version 1) is refused: on plaintext the
   // secret must never be on the wire, so a version-1 hello is a disagreement between daemons.
-  Result<std::unique_ptr<DataListener>> l = DataListener::listen_tcp("127.0.0.1", {}, true);
-  ASSERT_TRUE(l.ok());
-  auto joined = std::async(std::launch::async, [&] {
-    return (*l)->accept_all(kId, kSecret, 1, std::chrono::steady_clock::now() + 2s);
-  });
-  Fd s = raw_connection(**l);
+  PlaintextDestination d(1, 2s);
+  ASSERT_TRUE(d.listener) << d.error;
+  DataListener& l = *d.listener;
+  auto& joined = d.joined;
+  Fd s = raw_connection(l);
   ASSERT_TRUE(s.valid());
   DataHello v1;
   v1.migration_id = kId;
